@@ -1,0 +1,284 @@
+"""The device agent: from agent.env to a live, managed device.
+
+First boot: connect with the one-time init key, make a key pair on the device, send a CSR,
+store the certificate and token the platform returns. Every boot after that: connect with the
+stored credentials, announce the device (Birth) and wait for the platform's end-to-end Ack
+before calling the device live, then serve the platform until powered off.
+
+One Agent is one device. It is a single coroutine with no thread of its own, so a simulator
+runs thousands of them on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+
+from agent import wire
+from agent.env import AgentEnv
+from agent.hardware import Hardware
+from agent.identity import new_key_and_csr
+from agent.state import Credentials, StateDir
+
+log = logging.getLogger("fleetrig.agent")
+
+# CONNACK codes that mean "these credentials will never work", as opposed to a passing fault.
+_REFUSED_CODES = {4, 5}
+
+
+class AgentError(Exception):
+    """A fault the agent cannot get past by retrying; the message says what to do."""
+
+
+class InitKeyRefused(AgentError):
+    pass
+
+
+class CredentialsRefused(AgentError):
+    pass
+
+
+class TlsContexts:
+    """SSL contexts shared between the agents of one process.
+
+    Contexts that hold only the platform CA are shared (one per CA); each device's own
+    certificate needs a context of its own.
+    """
+
+    def __init__(self) -> None:
+        self._by_ca: dict[str, ssl.SSLContext] = {}
+
+    def for_ca(self, ca_pem: str) -> ssl.SSLContext:
+        ctx = self._by_ca.get(ca_pem)
+        if ctx is None:
+            ctx = ssl.create_default_context(cadata=ca_pem)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._by_ca[ca_pem] = ctx
+        return ctx
+
+    def for_device(self, ca_pem: str, creds: Credentials) -> ssl.SSLContext:
+        if creds.auth == wire.AUTH_TOKEN:
+            return self.for_ca(ca_pem)
+        ctx = ssl.create_default_context(cadata=ca_pem)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(creds.cert_path), str(creds.key_path))
+        return ctx
+
+
+SHARED_TLS = TlsContexts()
+
+RpcHandler = Callable[[str, dict[str, Any]], "asyncio.Future[dict[str, Any]] | Any"]
+
+
+class Agent:
+    """One device's agent."""
+
+    def __init__(
+        self,
+        env: AgentEnv,
+        state: StateDir,
+        hardware: Hardware,
+        *,
+        tls: TlsContexts | None = None,
+        keepalive: int = 60,
+        ack_timeout: float = 10.0,
+        max_backoff: float = 10.0,
+        rpc_handler: RpcHandler | None = None,
+    ) -> None:
+        self.env = env
+        self.state = state
+        self.hardware = hardware
+        self.tls = tls or SHARED_TLS
+        self.keepalive = keepalive
+        self.ack_timeout = ack_timeout
+        self.max_backoff = max_backoff
+        self.rpc_handler = rpc_handler
+        self.serial = env.serial
+        self.live = asyncio.Event()
+        self.connected = False
+        self.connects = 0
+        self.last_error: str = ""
+        self._seq = 0
+        self._acks: dict[str, asyncio.Future[wire.Ack]] = {}
+        self._client: aiomqtt.Client | None = None
+        self._boot_id = ""
+
+    # -- public -------------------------------------------------------------------------------
+
+    async def run(self, *, until_live: bool = False) -> None:
+        """Run the device until cancelled (power off), or until live when `until_live`.
+
+        Raises AgentError when the platform refuses the device for good.
+        """
+        self._boot_id = f"{self.state.next_boot()}-{uuid.uuid4().hex[:8]}"
+        backoff = 0.5
+        while True:
+            try:
+                creds = self.state.credentials()
+                if creds is None or creds.serial != self.serial:
+                    creds = await self._register()
+                await self._session(creds, until_live=until_live)
+                if until_live:
+                    return
+                backoff = 0.5
+            except AgentError:
+                raise
+            except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError, wire.WireError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.debug("%s: %s; retrying in %.1fs", self.serial, self.last_error, backoff)
+            finally:
+                self.connected = False
+                self._client = None
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            if self.live.is_set():
+                backoff = 0.5
+            backoff = min(backoff * 2, self.max_backoff)
+
+    # -- first boot ---------------------------------------------------------------------------
+
+    def _client_for(self, password: str | None, tls_context: ssl.SSLContext | None,
+                    will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.env.broker_host,
+            self.env.broker_port,
+            identifier=self.serial,
+            username=self.serial,
+            password=password,
+            tls_context=tls_context if self.env.uses_tls else None,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+            keepalive=self.keepalive,
+            will=will,
+            timeout=self.ack_timeout,
+        )
+
+    async def _register(self) -> Credentials:
+        """The first-boot exchange over an init-key session; returns stored credentials."""
+        key_pem, csr_pem = new_key_and_csr(self.serial)
+        client = self._client_for(
+            wire.INIT_PASSWORD_PREFIX + self.env.init_key, self.tls.for_ca(self.env.ca_cert_pem)
+        )
+        response: wire.RegisterResponse | None = None
+        try:
+            async with client:
+                await client.subscribe(wire.topic(self.serial, wire.REGISTER_RESPONSE), qos=1)
+                await client.publish(
+                    wire.topic(self.serial, wire.REGISTER_REQUEST),
+                    wire.RegisterRequest(csr_pem, self.env.auth).to_bytes(),
+                    qos=1,
+                )
+                async with asyncio.timeout(self.ack_timeout * 3):
+                    async for message in client.messages:
+                        response = wire.RegisterResponse.parse(message.payload)
+                        break
+        except aiomqtt.MqttCodeError as exc:
+            if isinstance(exc, aiomqtt.MqttConnectError) and _code(exc) in _REFUSED_CODES:
+                raise InitKeyRefused(
+                    f"{self.serial}: the platform refused the init key in agent.env (already used, "
+                    f"replaced by a reissue, or the device was disposed); have the operator run "
+                    f"'fleetrig pms provisioning reissue {self.serial}' and place the new agent.env"
+                ) from None
+            raise
+        if response is None:
+            raise TimeoutError("the broker closed the registration session before the platform answered")
+        if not response.ok:
+            raise InitKeyRefused(f"{self.serial}: registration refused by the platform: {response.error}")
+        log.debug("%s: registered, storing credentials", self.serial)
+        return self.state.save_credentials(
+            self.serial, self.env.auth, key_pem, response.certificate_pem, response.token
+        )
+
+    # -- normal operation ---------------------------------------------------------------------
+
+    async def _session(self, creds: Credentials, *, until_live: bool) -> None:
+        password = wire.TOKEN_PASSWORD_PREFIX + creds.token if creds.auth == wire.AUTH_TOKEN else None
+        will = aiomqtt.Will(wire.topic(self.serial, wire.STATUS), wire.offline_status(), qos=1)
+        client = self._client_for(password, self.tls.for_device(self.env.ca_cert_pem, creds), will)
+        try:
+            async with client:
+                self._client = client
+                self.connected = True
+                self.connects += 1
+                await client.subscribe(
+                    [(wire.topic(self.serial, wire.ACK), 1),
+                     (wire.topic(self.serial, wire.RPC_REQUEST + "/+"), 1)]
+                )
+                reader = asyncio.create_task(self._read(client))
+                try:
+                    await self._announce(client)
+                    self.live.set()
+                    if until_live:
+                        return
+                    await reader
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await reader
+        except aiomqtt.MqttConnectError as exc:
+            if _code(exc) in _REFUSED_CODES:
+                raise CredentialsRefused(
+                    f"{self.serial}: the platform refused this device's credentials "
+                    "(it was disposed or decommissioned); it cannot connect again"
+                ) from None
+            raise
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Publish a Birth and wait for the platform's Ack; resend on silence."""
+        self._seq += 1
+        birth = wire.Birth(self._seq, self.hardware.firmware_version(), self.hardware.facts(), self._boot_id)
+        ref = f"birth-{birth.seq}"
+        for _attempt in range(3):
+            future: asyncio.Future[wire.Ack] = asyncio.get_running_loop().create_future()
+            self._acks[ref] = future
+            await client.publish(wire.topic(self.serial, wire.STATUS), birth.to_bytes(), qos=1)
+            try:
+                ack = await asyncio.wait_for(future, self.ack_timeout)
+            except TimeoutError:
+                continue
+            finally:
+                self._acks.pop(ref, None)
+            if not ack.ok:
+                raise CredentialsRefused(f"{self.serial}: the platform refused the device: {ack.error}")
+            return
+        raise TimeoutError(f"no acknowledgement of the birth message in {3 * self.ack_timeout:.0f}s")
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            name = str(message.topic)
+            try:
+                _, suffix = wire.split_topic(name)
+                if suffix == wire.ACK:
+                    ack = wire.Ack.parse(message.payload)
+                    future = self._acks.get(ack.ref)
+                    if future and not future.done():
+                        future.set_result(ack)
+                elif suffix.startswith(wire.RPC_REQUEST + "/"):
+                    await self._rpc(client, suffix[len(wire.RPC_REQUEST) + 1:], message.payload)
+            except wire.WireError as exc:
+                log.warning("%s: ignored a message on %s: %s", self.serial, name, exc)
+
+    async def _rpc(self, client: aiomqtt.Client, request_id: str, payload: Any) -> None:
+        try:
+            request = wire.decode(payload, "rpc request")
+            method = str(request.get("method", ""))
+            params = request.get("params") or {}
+            if self.rpc_handler is None:
+                result: dict[str, Any] = {"status": 301, "message": f"unsupported method {method!r}"}
+            else:
+                result = await self.rpc_handler(method, params)
+        except wire.WireError as exc:
+            result = {"status": 300, "message": str(exc)}
+        await client.publish(wire.rpc_response_topic(self.serial, request_id), wire.encode(result), qos=1)
+
+
+def _code(exc: aiomqtt.MqttCodeError) -> int:
+    rc = exc.rc
+    return int(getattr(rc, "value", rc)) if rc is not None else -1

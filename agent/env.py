@@ -1,0 +1,156 @@
+"""agent.env: the file provisioning writes and the agent reads on boot.
+
+The format is `KEY=VALUE` lines, as systemd's EnvironmentFile and POSIX shells read them, so
+the same file can be sourced by a boot script on a real board. Every field is checked here and
+a bad file is refused with a message that names the line and the problem: a device flashed
+with a broken file must say so on its console, not fail later with a TLS or MQTT riddle.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from agent.wire import AUTH_MODES, AUTH_X509, WireError, check_serial
+
+REQUIRED_KEYS = ("SERIAL", "TENANT_ID", "BROKER_URL", "INIT_KEY", "CA_CERT")
+OPTIONAL_KEYS = ("AUTH", "SIGNATURE_CERT", "PROTOCOL")
+_KEY_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
+_INIT_KEY = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_FILE_BYTES = 64 * 1024
+
+
+class AgentEnvError(ValueError):
+    """agent.env is missing, unreadable or malformed; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class AgentEnv:
+    serial: str
+    tenant_id: str
+    broker_url: str
+    init_key: str
+    ca_cert_pem: str
+    auth: str = AUTH_X509
+    signature_cert_pem: str | None = None
+
+    @property
+    def broker_host(self) -> str:
+        return urlsplit(self.broker_url).hostname or ""
+
+    @property
+    def broker_port(self) -> int:
+        parts = urlsplit(self.broker_url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.broker_url).scheme == "mqtts"
+
+    def render(self) -> str:
+        """The file's text, as provisioning writes it."""
+        lines = [
+            "# fleetrig agent configuration: one-time credentials for first boot. Keep secret.",
+            f"SERIAL={self.serial}",
+            f"TENANT_ID={self.tenant_id}",
+            f"BROKER_URL={self.broker_url}",
+            f"AUTH={self.auth}",
+            f"INIT_KEY={self.init_key}",
+            f"CA_CERT={_b64(self.ca_cert_pem)}",
+        ]
+        if self.signature_cert_pem:
+            lines.append(f"SIGNATURE_CERT={_b64(self.signature_cert_pem)}")
+        return "\n".join(lines) + "\n"
+
+
+def _b64(pem: str) -> str:
+    return base64.b64encode(pem.encode()).decode()
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _pem_field(key: str, value: str, marker: str) -> str:
+    try:
+        pem = base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AgentEnvError(f"{key}: not base64-encoded PEM text") from None
+    if f"-----BEGIN {marker}-----" not in pem:
+        raise AgentEnvError(f"{key}: decodes to text without a '-----BEGIN {marker}-----' block")
+    return pem
+
+
+def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
+    """Parse and check the text of an agent.env file."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        match = _KEY_LINE.match(line)
+        if not match:
+            raise AgentEnvError(f"{source}:{number}: expected KEY=VALUE, got {raw[:60]!r}")
+        key, value = match.group(1), _unquote(match.group(2))
+        if key not in REQUIRED_KEYS and key not in OPTIONAL_KEYS:
+            raise AgentEnvError(f"{source}:{number}: unknown key {key}")
+        if key in values:
+            raise AgentEnvError(f"{source}:{number}: {key} is set twice")
+        values[key] = value
+    missing = [k for k in REQUIRED_KEYS if not values.get(k)]
+    if missing:
+        raise AgentEnvError(f"{source}: missing {', '.join(missing)}")
+    try:
+        serial = check_serial(values["SERIAL"])
+    except WireError as exc:
+        raise AgentEnvError(f"{source}: SERIAL: {exc}") from None
+    if not _TENANT.match(values["TENANT_ID"]):
+        raise AgentEnvError(f"{source}: TENANT_ID {values['TENANT_ID']!r} is malformed")
+    url = urlsplit(values["BROKER_URL"])
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise AgentEnvError(
+            f"{source}: BROKER_URL {values['BROKER_URL']!r} must look like mqtts://HOST:PORT"
+        )
+    try:
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise AgentEnvError(f"{source}: BROKER_URL has an invalid port") from None
+    if not _INIT_KEY.match(values["INIT_KEY"]):
+        raise AgentEnvError(f"{source}: INIT_KEY is not a key this platform issues (22-128 url-safe chars)")
+    auth = values.get("AUTH", AUTH_X509)
+    if auth not in AUTH_MODES:
+        raise AgentEnvError(f"{source}: AUTH must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
+    sig = values.get("SIGNATURE_CERT")
+    return AgentEnv(
+        serial=serial,
+        tenant_id=values["TENANT_ID"],
+        broker_url=values["BROKER_URL"],
+        init_key=values["INIT_KEY"],
+        ca_cert_pem=_pem_field("CA_CERT", values["CA_CERT"], "CERTIFICATE"),
+        auth=auth,
+        signature_cert_pem=_pem_field("SIGNATURE_CERT", sig, "CERTIFICATE") if sig else None,
+    )
+
+
+def load_agent_env(path: str | Path) -> AgentEnv:
+    """Read and parse an agent.env file from disk."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise AgentEnvError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not an agent.env")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AgentEnvError(f"{path}: no such file (was agent.env placed on the device?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentEnvError(f"{path}: cannot read: {exc}") from None
+    return parse_agent_env(text, str(path))

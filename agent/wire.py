@@ -1,0 +1,296 @@
+"""The wire contract between the platform and the device agent.
+
+This is the only module both sides import: topic names, who may use which topic, the
+credentials a CONNECT carries, and the JSON payloads with their validation. Keeping it in one
+place means a change to the protocol is one diff, seen by both sides at once.
+
+It uses the standard library only, because the agent runs on QEMU guests and real boards with
+Debian's own python3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = "fleetrig/v1/devices"
+
+# Topic suffixes under TOPIC_ROOT/<serial>/.
+REGISTER_REQUEST = "register/request"
+REGISTER_RESPONSE = "register/response"
+STATUS = "status"
+ATTRIBUTES = "attributes"
+TELEMETRY = "telemetry"
+EVENTS = "events"
+ACK = "ack"
+RPC_REQUEST = "rpc/request"
+RPC_RESPONSE = "rpc/response"
+
+#: Largest payload either side accepts; anything bigger is refused unread.
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
+_RPC_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# How a CONNECT says which credential it carries (username is always the serial,
+# client id is always the serial).
+INIT_PASSWORD_PREFIX = "init:"
+TOKEN_PASSWORD_PREFIX = "token:"
+
+AUTH_X509 = "x509"
+AUTH_TOKEN = "token"
+AUTH_MODES = (AUTH_X509, AUTH_TOKEN)
+
+ROLE_REGISTRATION = "registration"
+ROLE_DEVICE = "device"
+
+
+class WireError(ValueError):
+    """A payload or topic that does not follow the contract; the message names what is wrong."""
+
+
+def check_serial(serial: str) -> str:
+    """Return the serial if it is well formed, else raise WireError naming the rule it breaks."""
+    if not isinstance(serial, str) or not SERIAL_PATTERN.match(serial):
+        raise WireError(
+            f"malformed serial {serial!r}: use 3-64 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return serial
+
+
+def topic(serial: str, suffix: str) -> str:
+    """The full topic for one device and one suffix, e.g. topic('SN1', STATUS)."""
+    return f"{TOPIC_ROOT}/{serial}/{suffix}"
+
+
+def rpc_request_topic(serial: str, request_id: str) -> str:
+    return f"{TOPIC_ROOT}/{serial}/{RPC_REQUEST}/{request_id}"
+
+
+def rpc_response_topic(serial: str, request_id: str) -> str:
+    return f"{TOPIC_ROOT}/{serial}/{RPC_RESPONSE}/{request_id}"
+
+
+def split_topic(full_topic: str) -> tuple[str, str]:
+    """Split a device topic into (serial, suffix); raise WireError for anything else."""
+    prefix = TOPIC_ROOT + "/"
+    if not full_topic.startswith(prefix):
+        raise WireError(f"topic {full_topic!r} is not under {TOPIC_ROOT}/")
+    rest = full_topic[len(prefix):]
+    serial, sep, suffix = rest.partition("/")
+    if not sep or not suffix:
+        raise WireError(f"topic {full_topic!r} names no message kind after the serial")
+    check_serial(serial)
+    return serial, suffix
+
+
+# What each role may do. A registration session (init key) only runs the registration
+# exchange; a device session (certificate or token) uses everything else, on its own serial.
+_PUBLISH = {
+    ROLE_REGISTRATION: {REGISTER_REQUEST},
+    ROLE_DEVICE: {STATUS, ATTRIBUTES, TELEMETRY, EVENTS},
+}
+_SUBSCRIBE = {
+    ROLE_REGISTRATION: {REGISTER_RESPONSE},
+    ROLE_DEVICE: {ACK, RPC_REQUEST + "/+"},
+}
+
+
+def may_publish(role: str, serial: str, full_topic: str) -> bool:
+    """True when a session of `role` authenticated as `serial` may publish to `full_topic`."""
+    try:
+        owner, suffix = split_topic(full_topic)
+    except WireError:
+        return False
+    if owner != serial:
+        return False
+    if suffix in _PUBLISH.get(role, ()):
+        return True
+    if role == ROLE_DEVICE and suffix.startswith(RPC_RESPONSE + "/"):
+        return bool(_RPC_ID_PATTERN.match(suffix[len(RPC_RESPONSE) + 1:]))
+    return False
+
+
+def may_subscribe(role: str, serial: str, topic_filter: str) -> bool:
+    """True when a session of `role` authenticated as `serial` may subscribe to `topic_filter`."""
+    try:
+        owner, suffix = split_topic(topic_filter)
+    except WireError:
+        return False
+    return owner == serial and suffix in _SUBSCRIBE.get(role, ())
+
+
+def may_receive(role: str, serial: str, full_topic: str) -> bool:
+    """True when a message on `full_topic` may be delivered to a session of `role`/`serial`."""
+    try:
+        owner, suffix = split_topic(full_topic)
+    except WireError:
+        return False
+    if owner != serial:
+        return False
+    if role == ROLE_REGISTRATION:
+        return suffix == REGISTER_RESPONSE
+    return suffix == ACK or suffix.startswith(RPC_REQUEST + "/")
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads
+
+
+def decode(payload: bytes | bytearray | str, what: str) -> dict[str, Any]:
+    """Parse a JSON object payload, refusing oversize, non-UTF-8, non-JSON or non-object input."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError(f"{what}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"{what}: payload is not UTF-8 JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WireError(f"{what}: payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _field(data: dict[str, Any], name: str, kind: type, what: str, *, required: bool = True) -> Any:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise WireError(f"{what}: field {name!r} is missing")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WireError(f"{what}: field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    """Sent by a device on first boot, over its init-key session: its CSR and wanted auth mode."""
+
+    csr_pem: str
+    auth: str = AUTH_X509
+
+    def to_bytes(self) -> bytes:
+        return encode({"v": PROTOCOL_VERSION, "csr": self.csr_pem, "auth": self.auth})
+
+    @classmethod
+    def parse(cls, payload: bytes) -> RegisterRequest:
+        what = "registration request"
+        data = decode(payload, what)
+        csr = _field(data, "csr", str, what)
+        auth = _field(data, "auth", str, what)
+        if auth not in AUTH_MODES:
+            raise WireError(f"{what}: auth must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
+        if "BEGIN CERTIFICATE REQUEST" not in csr:
+            raise WireError(f"{what}: csr is not a PEM certificate signing request")
+        return cls(csr_pem=csr, auth=auth)
+
+
+@dataclass(frozen=True)
+class RegisterResponse:
+    """The platform's answer: a client certificate and token, or the reason for refusal."""
+
+    ok: bool
+    certificate_pem: str = ""
+    token: str = ""
+    error: str = ""
+
+    def to_bytes(self) -> bytes:
+        return encode(
+            {"v": PROTOCOL_VERSION, "ok": self.ok, "certificate": self.certificate_pem,
+             "token": self.token, "error": self.error}
+        )
+
+    @classmethod
+    def parse(cls, payload: bytes) -> RegisterResponse:
+        what = "registration response"
+        data = decode(payload, what)
+        ok = _field(data, "ok", bool, what)
+        if not ok:
+            return cls(ok=False, error=str(data.get("error") or "refused without a reason"))
+        cert = _field(data, "certificate", str, what)
+        token = _field(data, "token", str, what)
+        if "BEGIN CERTIFICATE" not in cert:
+            raise WireError(f"{what}: certificate is not PEM")
+        return cls(ok=True, certificate_pem=cert, token=token)
+
+
+@dataclass(frozen=True)
+class Birth:
+    """Published by a device each time it comes online: who it is and what it runs.
+
+    The platform answers with an Ack carrying the same `seq`, which is the end-to-end
+    acknowledgement the device waits for before it calls itself live.
+    """
+
+    seq: int
+    firmware_version: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    boot_id: str = ""
+
+    def to_bytes(self) -> bytes:
+        return encode(
+            {"v": PROTOCOL_VERSION, "state": "online", "seq": self.seq,
+             "firmware_version": self.firmware_version, "facts": self.facts, "boot_id": self.boot_id}
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """A device's connectivity statement: a Birth when online, or the last will when offline."""
+
+    state: str
+    seq: int = 0
+    firmware_version: str | None = None
+    facts: dict[str, Any] | None = None
+    boot_id: str = ""
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Status:
+        what = "status"
+        data = decode(payload, what)
+        state = _field(data, "state", str, what)
+        if state not in ("online", "offline"):
+            raise WireError(f"{what}: state must be 'online' or 'offline', got {state!r}")
+        if state == "offline":
+            return cls(state=state)
+        seq = _field(data, "seq", int, what)
+        fw = _field(data, "firmware_version", str, what)
+        if len(fw) > 128:
+            raise WireError(f"{what}: firmware_version longer than 128 characters")
+        facts = _field(data, "facts", dict, what)
+        boot_id = _field(data, "boot_id", str, what, required=False) or ""
+        return cls(state=state, seq=seq, firmware_version=fw, facts=facts, boot_id=boot_id[:64])
+
+
+def offline_status() -> bytes:
+    """The last will a device registers: the platform marks it offline when the broker sends it."""
+    return encode({"v": PROTOCOL_VERSION, "state": "offline"})
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The platform's end-to-end acknowledgement of a device message."""
+
+    ref: str
+    ok: bool = True
+    error: str = ""
+
+    def to_bytes(self) -> bytes:
+        return encode({"v": PROTOCOL_VERSION, "ref": self.ref, "ok": self.ok, "error": self.error})
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Ack:
+        what = "ack"
+        data = decode(payload, what)
+        ref = _field(data, "ref", str, what)
+        ok = _field(data, "ok", bool, what)
+        return cls(ref=ref, ok=ok, error=str(data.get("error") or ""))

@@ -1,0 +1,142 @@
+"""The Python library for operators: every platform operation, over the REST API.
+
+    from harness.client import Client
+    client = Client.from_data_dir(".fleetrig")
+    report = client.provision(["SN1", "SN2"], customer="ACME", part="imx8-som")
+
+It is what the CLI uses. Refusals raise harness.errors.Refused with the platform's message.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.errors import Refused
+from harness.platform import read_operator_token, read_state
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+class Client:
+    def __init__(self, api_url: str, token: str, *, actor: str | None = None, timeout: float = 120) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.api_url,
+            headers={"Authorization": f"Bearer {token}", "X-Fleetrig-Actor": actor or default_actor()},
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | Path, **kwargs: Any) -> Client:
+        data_dir = Path(data_dir)
+        state = read_state(data_dir)
+        if not state.get("api_url"):
+            raise Refused(f"no platform state in {data_dir}: start one with 'fleetrig serve --data-dir {data_dir}'")
+        try:
+            token = read_operator_token(data_dir)
+        except OSError as exc:
+            raise Refused(f"cannot read the operator token in {data_dir}: {exc.strerror}") from None
+        return cls(state["api_url"], token, **kwargs)
+
+    @classmethod
+    def from_env(cls, api: str | None = None, token: str | None = None, data_dir: str | None = None) -> Client:
+        """Find the platform: --api/--token, FLEETRIG_API/FLEETRIG_TOKEN, or a data dir."""
+        api = api or os.environ.get("FLEETRIG_API")
+        token = token or os.environ.get("FLEETRIG_TOKEN")
+        if api and token:
+            return cls(api, token)
+        data_dir = data_dir or os.environ.get("FLEETRIG_DATA_DIR") or ".fleetrig"
+        return cls.from_data_dir(data_dir)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, "/api/v1" + path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Refused(f"cannot reach the platform at {self.api_url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            if isinstance(detail, list):  # request validation errors
+                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
+            raise Refused(str(detail), status=response.status_code)
+        return response.json()
+
+    # PMS
+    def add_customer(self, name: str, tenant_id: str) -> dict[str, Any]:
+        return self._call("POST", "/customers", json={"name": name, "tenant_id": tenant_id})
+
+    def add_part(self, name: str) -> dict[str, Any]:
+        return self._call("POST", "/parts", json={"name": name})
+
+    def add_model(self, name: str, part: str) -> dict[str, Any]:
+        return self._call("POST", "/models", json={"name": name, "part": part})
+
+    def catalog(self) -> dict[str, Any]:
+        return self._call("GET", "/catalog")
+
+    def provision(self, serials: list[str], *, customer: str, part: str, model: str | None = None,
+                  dry_run: bool = False, atomic: bool = False, auth: str = "x509",
+                  signature_cert: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/provisioning", json={
+            "serials": serials, "customer": customer, "part": part, "model": model, "dry_run": dry_run,
+            "atomic": atomic, "auth": auth, "signature_cert": signature_cert,
+        })
+
+    def reissue(self, serial: str) -> dict[str, Any]:
+        return self._call("POST", f"/devices/{serial}/reissue")
+
+    def devices(self, state: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"state": state, "customer": customer}.items() if v}
+        return self._call("GET", "/devices", params=params)
+
+    def device(self, serial: str) -> dict[str, Any]:
+        return self._call("GET", f"/devices/{serial}")
+
+    # Fleet
+    def claim(self, serials: list[str] | None = None, *, all: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/fleet/claims", json={"serials": serials, "all": all, "dry_run": dry_run})
+
+    def fleet(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/fleet")
+
+    # End of life
+    def dispose(self, serial: str, reason: str, *, confirm: bool) -> dict[str, Any]:
+        return self._call("POST", f"/devices/{serial}/dispose", json={"reason": reason, "confirm": confirm})
+
+    def disposals(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/disposals")
+
+    def track_cve(self, serial: str, cve_id: str, status: str = "open") -> dict[str, Any]:
+        return self._call("POST", f"/devices/{serial}/cves", json={"cve_id": cve_id, "status": status})
+
+    def audit(self, serial: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if serial:
+            params["serial"] = serial
+        return self._call("GET", "/audit", params=params)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/stats")

@@ -1,0 +1,215 @@
+"""The platform's side of the device conversation: registration, births, connectivity.
+
+Messages arrive from the broker (already past authentication and the topic ACL) and go into a
+queue; a worker applies them to the registry in batches, one transaction per batch, in a
+thread so the broker's event loop never waits on the database. Answers (certificates, acks)
+are published after the batch commits, so a device never holds a credential the registry
+does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from amqtt.session import Session
+from sqlalchemy import select
+
+from agent import wire
+from harness import audit
+from harness.broker import INIT_KEY_HASH, ROLE, SERIAL
+from harness.context import PlatformContext
+from harness.errors import Refused
+from harness.identities import digest
+from harness.models import (
+    OFFLINE,
+    ONLINE,
+    PROVISIONED,
+    REGISTERED,
+    Credential,
+    Device,
+    FirmwareRecord,
+    InitKey,
+    utcnow,
+)
+
+log = logging.getLogger("fleetrig.gateway")
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass
+class _Item:
+    kind: str  # register | birth | online | offline
+    serial: str
+    request: Any = None
+    key_hash: str = ""
+
+
+@dataclass
+class GatewayStats:
+    registered: int = 0
+    registration_refused: int = 0
+    births: int = 0
+    malformed: int = 0
+    batches: int = 0
+    last_batch: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class DeviceGateway:
+    """Turns device messages into registry changes, in batches."""
+
+    def __init__(self, ctx: PlatformContext, publish: Publish, *, batch_size: int = 500) -> None:
+        self.ctx = ctx
+        self.publish = publish
+        self.batch_size = batch_size
+        self.stats = GatewayStats()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="fleetrig-gateway")
+
+    async def stop(self) -> None:
+        if self._worker:
+            # Let what is queued reach the registry before stopping.
+            while not self._queue.empty() and not self._worker.done():
+                await asyncio.sleep(0.01)
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    # -- broker hooks ---------------------------------------------------------------------------
+
+    async def on_message(self, session: Session, topic: str, payload: bytes) -> None:
+        role, serial = session.attributes.get(ROLE), session.attributes.get(SERIAL)
+        suffix = ""
+        try:
+            owner, suffix = wire.split_topic(topic)
+            if owner != serial:
+                return
+            if suffix == wire.REGISTER_REQUEST and role == wire.ROLE_REGISTRATION:
+                request = wire.RegisterRequest.parse(payload)
+                self._queue.put_nowait(
+                    _Item("register", serial, request, session.attributes.get(INIT_KEY_HASH, ""))
+                )
+            elif suffix == wire.STATUS and role == wire.ROLE_DEVICE:
+                status = wire.Status.parse(payload)
+                self._queue.put_nowait(_Item("birth" if status.state == "online" else "offline", serial, status))
+        except wire.WireError as exc:
+            self.stats.malformed += 1
+            log.warning("%s: refused a message on %s: %s", serial, topic, exc)
+            if suffix == wire.REGISTER_REQUEST:
+                await self.publish(wire.topic(serial, wire.REGISTER_RESPONSE),
+                                   wire.RegisterResponse(ok=False, error=str(exc)).to_bytes())
+
+    async def on_session(self, session: Session, connected: bool) -> None:
+        if session.attributes.get(ROLE) != wire.ROLE_DEVICE:
+            return
+        serial = session.attributes.get(SERIAL)
+        if serial:
+            self._queue.put_nowait(_Item("online" if connected else "offline", serial))
+
+    # -- worker -----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                answers = await asyncio.to_thread(self._apply, batch)
+            except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the gateway
+                log.exception("registry batch of %d failed", len(batch))
+                self.stats.errors.append(f"{type(exc).__name__}: {exc}")
+                answers = [
+                    (wire.topic(i.serial, wire.REGISTER_RESPONSE),
+                     wire.RegisterResponse(ok=False, error="platform error; retry later").to_bytes())
+                    for i in batch if i.kind == "register"
+                ]
+            self.stats.batches += 1
+            self.stats.last_batch = len(batch)
+            for topic, payload in answers:
+                await self.publish(topic, payload)
+
+    def _apply(self, batch: list[_Item]) -> list[tuple[str, bytes]]:
+        answers: list[tuple[str, bytes]] = []
+        identity_updates: list[tuple[str, dict[str, Any]]] = []
+        now = utcnow()
+        with self.ctx.registry.session() as s:
+            serials = list({i.serial for i in batch})
+            devices = {d.serial: d for d in s.scalars(select(Device).where(Device.serial.in_(serials)))}
+            for item in batch:
+                device = devices.get(item.serial)
+                if item.kind == "register":
+                    answers.append(self._register(s, item, device, now, identity_updates))
+                elif device is None:
+                    continue
+                elif item.kind == "birth":
+                    self._birth(s, device, item.request, now)
+                    answers.append((wire.topic(item.serial, wire.ACK),
+                                    wire.Ack(ref=f"birth-{item.request.seq}").to_bytes()))
+                elif item.kind == "online":
+                    device.connectivity, device.last_seen = ONLINE, now
+                elif item.kind == "offline":
+                    device.connectivity, device.last_seen = OFFLINE, now
+        for serial, changes in identity_updates:
+            self.ctx.identities.update(serial, **changes)
+        return answers
+
+    def _register(
+        self, s: Any, item: _Item, device: Device | None, now: Any, updates: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[str, bytes]:
+        topic = wire.topic(item.serial, wire.REGISTER_RESPONSE)
+        try:
+            if device is None:
+                raise Refused("the device is not provisioned (or was disposed)")
+            key = s.scalar(select(InitKey).where(InitKey.key_hash == item.key_hash))
+            if key is None or key.device_id != device.id:
+                raise Refused("the init key does not belong to this device")
+            if key.used_at is not None:
+                raise Refused("the init key was used already")
+            if key.revoked_at is not None:
+                raise Refused("the init key was replaced by a reissue")
+            issued = self.ctx.ca.sign_device_csr(item.request.csr_pem, device.serial)
+        except Refused as exc:
+            self.stats.registration_refused += 1
+            audit.record(s, f"device:{item.serial}", "device.register.refused", item.serial, reason=str(exc))
+            return topic, wire.RegisterResponse(ok=False, error=str(exc)).to_bytes()
+        token = secrets.token_urlsafe(32)
+        for old in device.credentials:
+            if old.revoked_at is None:
+                old.revoked_at = now
+        s.add(Credential(
+            device_id=device.id, cert_fingerprint=issued.fingerprint, cert_serial=issued.serial_number,
+            token_hash=digest(token), not_after=issued.not_after,
+        ))
+        key.used_at = now
+        device.auth_mode = item.request.auth
+        if device.state == PROVISIONED:
+            device.state = REGISTERED
+        device.registered_at = now
+        audit.record(s, f"device:{item.serial}", "device.register", item.serial,
+                     cert_serial=issued.serial_number, auth=item.request.auth)
+        updates.append((item.serial, {
+            "state": device.state, "init_key_hash": None,
+            "cert_fingerprint": issued.fingerprint, "token_hash": digest(token),
+        }))
+        self.stats.registered += 1
+        return topic, wire.RegisterResponse(ok=True, certificate_pem=issued.pem, token=token).to_bytes()
+
+    def _birth(self, s: Any, device: Device, status: wire.Status, now: Any) -> None:
+        if status.firmware_version and status.firmware_version != device.firmware_version:
+            s.add(FirmwareRecord(device_id=device.id, version=status.firmware_version, first_seen=now))
+            if device.firmware_version is not None:
+                audit.record(s, f"device:{device.serial}", "device.firmware", device.serial,
+                             old=device.firmware_version, new=status.firmware_version)
+            device.firmware_version = status.firmware_version
+        device.facts = status.facts
+        device.boot_id = status.boot_id or None
+        device.connectivity, device.last_seen = ONLINE, now
+        self.stats.births += 1

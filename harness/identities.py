@@ -1,0 +1,105 @@
+"""What the broker checks at CONNECT, kept in memory and in step with the registry.
+
+The broker authenticates hundreds of connects per second; a database query for each would
+block its event loop. So the platform loads every device's live credentials once, and each
+operation that changes them (provision, reissue, register, dispose) updates this table right
+after its transaction commits. Secrets are held as SHA-256 digests only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from harness.models import Credential, Device, InitKey
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex of a secret. The secrets are >= 128 random bits, so no slow KDF is needed."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Identity:
+    serial: str
+    state: str
+    init_key_hash: str | None = None
+    cert_fingerprint: str | None = None
+    token_hash: str | None = None
+
+
+class Identities:
+    """Serial -> live credentials, shared by the broker (event loop) and the API (threads)."""
+
+    def __init__(self) -> None:
+        self._by_serial: dict[str, Identity] = {}
+        self._lock = threading.Lock()
+
+    def load(self, session: Session) -> int:
+        table: dict[str, Identity] = {}
+        keys = dict(
+            session.execute(
+                select(InitKey.device_id, InitKey.key_hash).where(
+                    InitKey.used_at.is_(None), InitKey.revoked_at.is_(None)
+                )
+            ).all()
+        )
+        creds = {
+            row.device_id: row
+            for row in session.execute(
+                select(Credential.device_id, Credential.cert_fingerprint, Credential.token_hash).where(
+                    Credential.revoked_at.is_(None)
+                )
+            )
+        }
+        for device_id, serial, state in session.execute(select(Device.id, Device.serial, Device.state)):
+            cred = creds.get(device_id)
+            table[serial] = Identity(
+                serial=serial,
+                state=state,
+                init_key_hash=keys.get(device_id),
+                cert_fingerprint=cred.cert_fingerprint if cred else None,
+                token_hash=cred.token_hash if cred else None,
+            )
+        with self._lock:
+            self._by_serial = table
+        return len(table)
+
+    def get(self, serial: str) -> Identity | None:
+        return self._by_serial.get(serial)
+
+    def put(self, identity: Identity) -> None:
+        with self._lock:
+            self._by_serial[identity.serial] = identity
+
+    def update(self, serial: str, **changes: object) -> None:
+        with self._lock:
+            current = self._by_serial.get(serial)
+            if current is not None:
+                self._by_serial[serial] = Identity(**{**current.__dict__, **changes})  # type: ignore[arg-type]
+
+    def remove(self, serial: str) -> None:
+        with self._lock:
+            self._by_serial.pop(serial, None)
+
+    def __len__(self) -> int:
+        return len(self._by_serial)
+
+    # Checks used by the broker's authentication plugin.
+
+    def init_key_ok(self, serial: str, key: str) -> bool:
+        ident = self._by_serial.get(serial)
+        return bool(ident and ident.init_key_hash and hmac.compare_digest(ident.init_key_hash, digest(key)))
+
+    def token_ok(self, serial: str, token: str) -> bool:
+        ident = self._by_serial.get(serial)
+        return bool(ident and ident.token_hash and hmac.compare_digest(ident.token_hash, digest(token)))
+
+    def certificate_ok(self, serial: str, fingerprint: str) -> bool:
+        ident = self._by_serial.get(serial)
+        return bool(ident and ident.cert_fingerprint and hmac.compare_digest(ident.cert_fingerprint, fingerprint))

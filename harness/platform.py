@@ -1,0 +1,259 @@
+"""The platform: registry, CA, built-in broker, device gateway and REST API in one process.
+
+`Platform` runs on one asyncio loop (what `fleetrig serve` does). `PlatformThread` runs the
+same in a background thread, for tests and for the demo, so a caller can drive it with
+blocking calls.
+
+The data dir holds everything that must survive a restart: the registry (SQLite), the CA,
+the broker's certificate, the operator token, and the ports. Ports chosen as 0 (free) at
+first start are kept for later starts, because every device's agent.env names the broker's
+address: a platform that came back elsewhere would strand its fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from harness.broker import BrokerHooks, FleetBroker, broker_config
+from harness.context import PlatformContext
+from harness.db import Registry, database_url
+from harness.errors import Refused
+from harness.gateway import DeviceGateway
+from harness.identities import Identities
+from harness.pki import CertificateAuthority, default_server_hosts
+
+log = logging.getLogger("fleetrig.platform")
+
+STATE_FILE = "platform.json"
+TOKEN_FILE = "operator.token"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_MQTTS_PORT = 8883
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PlatformConfig:
+    data_dir: Path
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    #: The host name devices use to reach the broker (written into agent.env).
+    public_host: str | None = None
+    http_port: int | None = None
+    mqtts_port: int | None = None
+    mqtt_port: int | None = None
+
+
+def read_operator_token(data_dir: Path) -> str:
+    return (Path(data_dir) / TOKEN_FILE).read_text().strip()
+
+
+def read_state(data_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(data_dir) / STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+class Platform:
+    """One running platform. `await start()`, then `await stop()`."""
+
+    def __init__(self, config: PlatformConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.broker: FleetBroker | None = None
+        self.gateway: DeviceGateway | None = None
+        self.ctx: PlatformContext | None = None
+        self.api_url = ""
+        self.broker_url = ""
+        self.token = ""
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _prepare_data_dir(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.data_dir, 0o700)
+        except OSError as exc:
+            raise Refused(f"data dir {self.data_dir}: {exc.strerror}") from None
+        token_path = self.data_dir / TOKEN_FILE
+        if not token_path.exists():
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+        self.token = read_operator_token(self.data_dir)
+
+    def _ports(self) -> tuple[int, int]:
+        saved = read_state(self.data_dir)
+        host = self.config.host
+
+        def pick(given: int | None, key: str, default: int) -> int:
+            if given is not None:
+                return given or free_port(host)
+            return int(saved.get(key) or default)
+
+        return (pick(self.config.http_port, "http_port", DEFAULT_HTTP_PORT),
+                pick(self.config.mqtts_port, "mqtts_port", DEFAULT_MQTTS_PORT))
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._prepare_data_dir()
+        registry = Registry(database_url(self.data_dir, self.config.db_url))
+        ca = CertificateAuthority(self.data_dir / "pki")
+        public_host = self.config.public_host or self.config.host
+        hosts = sorted({*default_server_hosts(), public_host, self.config.host} - {"0.0.0.0", "::"})
+        certfile, keyfile = ca.server_certificate(self.data_dir / "pki", hosts)
+        identities = Identities()
+        with registry.session() as s:
+            count = identities.load(s)
+        http_port, mqtts_port = self._ports()
+        self.ctx = PlatformContext(registry=registry, identities=identities, ca=ca, broker_url="",
+                                   drop_session=self._drop_threadsafe)
+        hooks = BrokerHooks()
+        mqtt_port = self.config.mqtt_port
+        if mqtt_port == 0:
+            mqtt_port = free_port("127.0.0.1")
+        self.broker = FleetBroker(
+            broker_config(identities=identities, hooks=hooks, host=self.config.host, mqtts_port=mqtts_port,
+                          certfile=certfile, keyfile=keyfile, cafile=ca.cert_path, mqtt_port=mqtt_port),
+            hooks,
+        )
+        hooks.extra["broker"] = self.broker
+        self.gateway = DeviceGateway(self.ctx, self.broker.publish)
+        hooks.on_message = self.gateway.on_message
+        hooks.on_session = self.gateway.on_session
+        await self.gateway.start()
+        try:
+            await self.broker.start()
+        except Exception as exc:
+            await self.gateway.stop()
+            raise Refused(f"the broker cannot listen on {self.config.host}:{mqtts_port}: {exc}") from None
+        mqtts_port = self.broker.bound_port("default")
+        self.broker_url = f"mqtts://{public_host}:{mqtts_port}"
+        self.ctx.broker_url = self.broker_url
+        self.plain_mqtt_port = self.broker.bound_port("plain") if mqtt_port is not None else None
+        await self._start_http(http_port)
+        self._save_state(http_port=self._http_port, mqtts_port=mqtts_port)
+        log.info("platform up: %s, %s, %d identities", self.api_url, self.broker_url, count)
+
+    async def _start_http(self, port: int) -> None:
+        from harness.api import create_app
+
+        app = create_app(self)
+        config = uvicorn.Config(app, host=self.config.host, port=port, log_level="warning",
+                                lifespan="off", access_log=False)
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_task = asyncio.create_task(self._http.serve())
+        while not self._http.started:
+            if self._http_task.done():
+                await self.stop()
+                raise Refused(f"the REST API cannot listen on {self.config.host}:{port}")
+            await asyncio.sleep(0.02)
+        sock = self._http.servers[0].sockets[0]
+        self._http_port = int(sock.getsockname()[1])
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        self.api_url = f"http://{host}:{self._http_port}"
+
+    def _save_state(self, **ports: int) -> None:
+        state = {**ports, "api_url": self.api_url, "broker_url": self.broker_url, "pid": os.getpid()}
+        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task:
+                await asyncio.gather(self._http_task, return_exceptions=True)
+            self._http = None
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.shutdown()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.ctx is not None:
+            self.ctx.registry.close()
+
+    # -- broker control ---------------------------------------------------------------------------
+
+    async def _drop(self, serial: str, only_role: str | None = None) -> None:
+        from harness.broker import ROLE
+
+        if self.broker is None:
+            return
+        entry = self.broker._sessions.get(serial)
+        if entry is None:
+            return
+        if only_role is not None and entry[0].attributes.get(ROLE) != only_role:
+            return
+        await self.broker.drop(serial)
+
+    def _drop_threadsafe(self, serial: str, only_role: str | None = None) -> None:
+        if self._loop is None or self._loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._drop(serial, only_role), self._loop)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            with contextlib.suppress(Exception):
+                future.result(timeout=10)
+
+    def stats(self) -> dict[str, Any]:
+        assert self.broker is not None and self.gateway is not None
+        g = self.gateway.stats
+        return {
+            "sessions_connected": self.broker.connected_count(),
+            "identities": len(self.ctx.identities) if self.ctx else 0,
+            "registered": g.registered, "registration_refused": g.registration_refused,
+            "births": g.births, "malformed": g.malformed, "batches": g.batches,
+        }
+
+
+class PlatformThread:
+    """A Platform on its own event loop in a background thread (tests, demo, benchmarks)."""
+
+    def __init__(self, config: PlatformConfig) -> None:
+        self.platform = Platform(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fleetrig-platform", daemon=True)
+
+    def start(self) -> Platform:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.platform.start(), self._loop).result(timeout=60)
+        return self.platform
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.platform.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+
+    @property
+    def ctx(self) -> PlatformContext:
+        assert self.platform.ctx is not None
+        return self.platform.ctx

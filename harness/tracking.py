@@ -1,0 +1,34 @@
+"""CVE tracking records: which known vulnerabilities concern which device.
+
+Firmware tracking records are written by the device gateway as devices report versions;
+both kinds are removed at end of life.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+
+from harness import audit
+from harness.context import PlatformContext
+from harness.errors import NotFound, Refused
+from harness.models import CveRecord, Device
+
+_CVE = re.compile(r"^CVE-\d{4}-\d{4,7}$")
+CVE_STATES = ("open", "mitigated", "fixed", "not-affected")
+
+
+def track_cve(ctx: PlatformContext, serial: str, cve_id: str, status: str, actor: str) -> dict[str, Any]:
+    if not _CVE.match(cve_id or ""):
+        raise Refused(f"{cve_id!r} is not a CVE id (CVE-YYYY-NNNN)")
+    if status not in CVE_STATES:
+        raise Refused(f"CVE status must be one of {', '.join(CVE_STATES)}, got {status!r}")
+    with ctx.registry.session() as s:
+        device = s.scalar(select(Device).where(Device.serial == serial))
+        if device is None:
+            raise NotFound(f"unknown serial {serial!r}")
+        s.add(CveRecord(device_id=device.id, cve_id=cve_id, status=status))
+        audit.record(s, actor, "device.cve", serial, cve_id=cve_id, status=status)
+    return {"serial": serial, "cve_id": cve_id, "status": status}

@@ -1,0 +1,1 @@
+"""Simulated hardware for the device agent, the device families, and the fleet runner."""
