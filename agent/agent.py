@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from agent import wire
 from agent.env import AgentEnv
@@ -31,7 +32,7 @@ from agent.state import Credentials, StateDir
 log = logging.getLogger("fleetrig.agent")
 
 # CONNACK codes that mean "these credentials will never work", as opposed to a passing fault.
-_REFUSED_CODES = {4, 5}
+_REFUSED_CODES = {4, 5, 134, 135}  # MQTT 3.1.1 codes and what paho 2 maps them to
 
 
 class AgentError(Exception):
@@ -180,7 +181,7 @@ class Agent:
                         response = wire.RegisterResponse.parse(message.payload)
                         break
         except aiomqtt.MqttCodeError as exc:
-            if isinstance(exc, aiomqtt.MqttConnectError) and _code(exc) in _REFUSED_CODES:
+            if isinstance(exc, MqttConnectError) and _code(exc) in _REFUSED_CODES:
                 raise InitKeyRefused(
                     f"{self.serial}: the platform refused the init key in agent.env (already used, "
                     f"replaced by a reissue, or the device was disposed); have the operator run "
@@ -222,7 +223,7 @@ class Agent:
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await reader
-        except aiomqtt.MqttConnectError as exc:
+        except MqttConnectError as exc:
             if _code(exc) in _REFUSED_CODES:
                 raise CredentialsRefused(
                     f"{self.serial}: the platform refused this device's credentials "

@@ -38,8 +38,8 @@ def dispose(ctx: PlatformContext, serial: str, *, reason: str, actor: str) -> di
         )
         s.add(event)
         s.flush()
-        for record in (*device.firmware_records, *device.cve_records):
-            s.delete(record)
+        device.firmware_records.clear()  # delete-orphan: the tracking rows go with this flush
+        device.cve_records.clear()
         s.flush()
         s.delete(device)
         audit.record(s, actor, "device.dispose", serial, reason=reason,

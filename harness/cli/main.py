@@ -1,2 +1,70 @@
-def main() -> None:  # replaced below
-    pass
+"""The `fleetrig` command line, shaped like tlm-cli: `fleetrig pms provisioning provision ...`.
+
+Exit codes: 0 success, 1 refused (one line on stderr naming the problem), 2 usage error.
+Commands that talk to a platform find it with --api/--token (or FLEETRIG_API/FLEETRIG_TOKEN),
+or --data-dir DIR to read both from a local platform's data dir (default ./.fleetrig).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from harness.cli import demo, eol, fleet, pms, serve, sim
+from harness.client import Client
+from harness.errors import Refused
+
+app = typer.Typer(
+    name="fleetrig",
+    help="Device fleet simulator, HIL test harness and provisioning platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class Target:
+    api: str | None
+    token: str | None
+    data_dir: Path | None
+
+    def client(self) -> Client:
+        return Client.from_env(self.api, self.token, str(self.data_dir) if self.data_dir else None)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    api: str | None = typer.Option(None, "--api", envvar="FLEETRIG_API", help="Platform REST API URL."),
+    token: str | None = typer.Option(None, "--token", envvar="FLEETRIG_TOKEN", help="Operator token."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", envvar="FLEETRIG_DATA_DIR", help="Read API URL and token from this data dir."
+    ),
+) -> None:
+    ctx.obj = Target(api, token, data_dir)
+
+
+app.add_typer(pms.app, name="pms", help="PMS: customers, parts, models, provisioning, devices.")
+app.add_typer(fleet.app, name="fleet", help="Fleet Manager: claim devices, list the fleet.")
+app.add_typer(eol.app, name="eol", help="End of life: dispose of devices (permanent).")
+app.add_typer(sim.app, name="sim", help="Simulated devices.")
+app.command("serve")(serve.serve)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except Refused as exc:
+        print(f"fleetrig: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""`fleetrig fleet ...`: claim devices into the fleet, list it."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from harness.cli.output import confirm, emit_json, fail, table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("claim")
+def claim(
+    ctx: typer.Context,
+    serials: list[str] = typer.Argument(None, help="Serials to claim."),
+    all_: bool = typer.Option(False, "--all", help="Claim every provisioned but unclaimed device."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be claimed; change nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Claim devices into the Fleet Manager (bulk with --all: registry minus fleet)."""
+    if bool(serials) == all_:
+        fail("name serials or use --all (not both)", 2)
+    client = ctx.obj.client()
+    if all_ and not dry_run and not yes and sys.stdin.isatty():
+        preview = client.claim(all=True, dry_run=True)
+        if not confirm(f"Claim {preview['claimed']} device(s)?", False):
+            fail("claim cancelled")
+    report = client.claim(None if all_ else list(serials), all=all_, dry_run=dry_run)
+    if as_json:
+        emit_json(report)
+    else:
+        results = report["results"]
+        if len(results) <= 50:
+            table(None, ["serial", "result"], [(r["serial"], r.get("error") or r["result"]) for r in results])
+        verb = "would claim" if dry_run else "claimed"
+        print(f"{verb} {report['claimed']}, already claimed {report['already_claimed']}, "
+              f"refused {report['refused']}")
+    if report["refused"]:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def fleet_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the devices in the fleet with firmware, connectivity and last-seen time."""
+    devices = ctx.obj.client().fleet()
+    if as_json:
+        emit_json(devices)
+        return
+    table(f"fleet: {len(devices)} devices", ["serial", "customer", "model", "firmware", "connectivity", "last seen"],
+          [(d["serial"], d["customer"], d["model"], d["firmware_version"], d["connectivity"], d["last_seen"])
+           for d in devices])

@@ -1,0 +1,43 @@
+"""How the CLI speaks: JSON when asked, rich tables otherwise, and one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit: 1 for a refusal, 2 for a usage error."""
+    print(f"fleetrig: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    t = Table(title=title, show_lines=False)
+    for column in columns:
+        t.add_column(column)
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    console.print(t)
+
+
+def confirm(question: str, yes: bool) -> bool:
+    """True when --yes was given or a person at a terminal said yes; False otherwise."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm(question, default=False)
