@@ -164,8 +164,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1000, help="fleet size N (default 1000)")
     parser.add_argument("--auth", choices=("x509", "token"), default="x509",
                         help="how devices authenticate after registration (default x509)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="devices between power-on and live at once (default: the fleet's default)")
+    parser.add_argument("--concurrency", type=int, default=128,
+                        help="devices between power-on and live at once (default 128)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for the fleet to go live (default max(60, N/20))")
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare aiomqtt TLS baseline")
@@ -184,7 +184,6 @@ def main() -> int:
     failed = 0
     try:
         state = platform.start()
-        fleet_kwargs = {}
         client = Client(state["api_url"], (data_dir / "operator.token").read_text().strip(),
                         actor="bench", timeout=max(120.0, n / 50))
         with client:
@@ -202,15 +201,13 @@ def main() -> int:
             del report
             ca_pem = parse_agent_env(envs[0]).ca_cert_pem
 
-            if args.concurrency is not None:
-                fleet_kwargs["concurrency"] = args.concurrency
             profiler = None
             if args.profile_fleet:
                 import cProfile
 
                 profiler = cProfile.Profile()
                 profiler.enable()
-            booted = asyncio.run(_lifecycle(envs, workdir / "devices", fleet_kwargs.get("concurrency", 128),
+            booted = asyncio.run(_lifecycle(envs, workdir / "devices", args.concurrency,
                                             timeout, client, args, ca_pem, state, workdir))
             if profiler is not None:
                 profiler.disable()
@@ -222,7 +219,7 @@ def main() -> int:
         whole = booted["t_claimed"] - t_start
 
         figure("devices", n)
-        figure("auth", args.auth) if False else print(f"auth {args.auth}", flush=True)
+        print(f"auth {args.auth}", flush=True)
         figure("provisioning_serials_per_s", n / (t_provisioned - t_start))
         figure("first_boot_devices_per_s", live / t_boot)
         figure("claim_devices_per_s", booted["claimed"] / t_claim if t_claim > 0 else 0.0)

@@ -17,6 +17,8 @@ Everything else (the codec, sessions, keepalive, QoS flows) is amqtt's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -24,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amqtt.broker import Broker
-from amqtt.broker import BrokerContext
+from amqtt.broker import Broker, BrokerContext
 from amqtt.contexts import Action
 from amqtt.errors import BrokerError
 from amqtt.mqtt.constants import QOS_0
@@ -38,6 +39,9 @@ from harness.identities import Identities, digest
 from harness.pki import fingerprint
 
 log = logging.getLogger("fleetrig.broker")
+
+# Set while amqtt reads a CONNECT: its clean-session cleanup must wait for authentication.
+_DEFER_SESSION_DELETE: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_delete", default=False)
 
 ROLE = "fleetrig.role"
 SERIAL = "fleetrig.serial"
@@ -148,6 +152,9 @@ class PlatformHookPlugin(BasePlugin[BrokerContext]):
             await self.hooks.on_session(client_session, True)
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        broker: FleetBroker | None = self.hooks.extra.get("broker")
+        if broker is not None and client_id in broker._sessions and not broker.is_current(client_session):
+            return  # a replaced connection: the client id is connected again through a new one
         if self.hooks.on_session:
             await self.hooks.on_session(client_session, False)
 
@@ -216,13 +223,24 @@ class FleetBroker(Broker):
             # client id (the real device) stays connected.
             handler.attach(client_session, reader, writer)
             await handler.mqtt_connack_authorize(False)
-            await writer.close()
+            with contextlib.suppress(OSError):
+                await writer.close()
             return
+        existing = self._sessions.get(client_session.client_id)
+        if existing is not None and existing[0] is not client_session:
+            # An authenticated client takes over its client id [MQTT-3.1.4-2]: the old
+            # connection is closed and, for a clean session, its state deleted (upstream does
+            # this before authentication, see _initialize_client_session).
+            if existing[0].transitions.state == "connected":
+                await existing[1].handle_connection_closed()
+                await existing[1].stop()
+            if client_session.clean_session:
+                await Broker._delete_session(self, client_session.client_id)
         while True:
             try:
                 client_session.transitions.connect()
                 break
-            except Exception:  # noqa: BLE001 - transitions raises MachineError/ValueError
+            except Exception:
                 if client_session.transitions.is_connected():
                     old = self._sessions[client_session.client_id]
                     await old[1].handle_connection_closed()
@@ -242,6 +260,23 @@ class FleetBroker(Broker):
             for topic_filter in list(self._client_filters.get(client_session.client_id, ())):
                 await self._publish_retained_messages_for_subscription((topic_filter, QOS_0), client_session)
         await self._client_message_loop(client_session, handler)
+
+    async def _initialize_client_session(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        token = _DEFER_SESSION_DELETE.set(True)
+        try:
+            return await super()._initialize_client_session(*args, **kwargs)
+        finally:
+            _DEFER_SESSION_DELETE.reset(token)
+
+    async def _delete_session(self, client_id: str) -> None:
+        if _DEFER_SESSION_DELETE.get():
+            return  # not before authentication: done in _handle_client_session once it succeeded
+        await super()._delete_session(client_id)
+
+    def is_current(self, session: Session) -> bool:
+        """True if `session` is the one the broker holds for its client id (not a replaced one)."""
+        entry = self._sessions.get(session.client_id or "")
+        return entry is not None and entry[0] is session
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         result = await super().add_subscription(subscription, session)

@@ -246,6 +246,9 @@ class PlatformThread:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
 
     def stop(self) -> None:
+        """Stop the platform and its loop; calling it again does nothing."""
+        if self._loop.is_closed():
+            return
         try:
             self.call(self.platform.stop())
         finally:

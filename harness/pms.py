@@ -344,7 +344,9 @@ def device_view(device: Device) -> dict[str, Any]:
     }
 
 
-def list_devices(ctx: PlatformContext, *, state: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
+def list_devices(
+    ctx: PlatformContext, *, state: str | None = None, customer: str | None = None
+) -> list[dict[str, Any]]:
     with ctx.registry.session() as s:
         query = select(Device).order_by(Device.serial)
         if state:

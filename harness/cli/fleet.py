@@ -39,7 +39,8 @@ def claim(
         print(f"{verb} {report['claimed']}, already claimed {report['already_claimed']}, "
               f"refused {report['refused']}")
     if report["refused"]:
-        raise typer.Exit(1)
+        first = next(r for r in report["results"] if r["result"] == "refused")
+        fail(f"{report['refused']} serial(s) refused; {first['serial']}: {first['error']}")
 
 
 @app.command("list")

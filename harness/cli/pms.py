@@ -86,8 +86,8 @@ def _print_results(results: list[dict], as_json: bool, report: dict) -> None:
     refused = [r for r in results if not r["ok"]]
     verb = "would provision" if report["dry_run"] else "provisioned"
     if len(results) <= 50 or refused:
-        table(None, ["serial", "result"],
-              [(r["serial"], r["error"] if not r["ok"] else verb) for r in results if len(results) <= 50 or not r["ok"]])
+        shown = results if len(results) <= 50 else refused
+        table(None, ["serial", "result"], [(r["serial"], r["error"] if not r["ok"] else verb) for r in shown])
     print(f"{verb} {report['provisioned']}, refused {report['refused']}")
 
 
@@ -131,7 +131,8 @@ def provision(
         write_agent_envs([ProvisionResult(**r) for r in results], output_dir)
     _print_results(results, as_json, report)
     if report["refused"]:
-        raise typer.Exit(1)
+        first = next(r for r in results if not r["ok"])
+        fail(f"{report['refused']} of {len(results)} serial(s) refused; {first['serial']}: {first['error']}")
 
 
 def _check_output_dir_dry(output_dir: Path) -> None:

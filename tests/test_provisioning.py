@@ -1,0 +1,147 @@
+"""Provisioning: bulk, dry run, refusals, reissue."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+
+import pytest
+
+from agent.env import parse_agent_env
+from harness import pms
+from harness.errors import Refused
+from harness.identities import digest
+from harness.pms import ProvisionResult, write_agent_envs
+from tests.conftest import boot, connect_refused, mqtt_client, provision, table_dump
+
+
+def test_bulk_provisioning_of_1000_serials_in_one_request(fleetrig_platform, fleetrig_catalog, tmp_path):
+    serials = [f"BULK-{i:05d}" for i in range(1000)]
+    report = fleetrig_platform.client.provision(serials, customer="ACME", part="evk")
+    assert report["provisioned"] == 1000 and report["refused"] == 0
+    assert [r["serial"] for r in report["results"]] == serials
+    written = write_agent_envs([ProvisionResult(**r) for r in report["results"]], tmp_path / "out")
+    assert len(written) == 1000
+    keys = set()
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        env = parse_agent_env(path.read_text())
+        assert env.serial == path.parent.name
+        assert env.tenant_id == "acme-0001"
+        assert env.broker_url == fleetrig_platform.platform.broker_url
+        assert "BEGIN CERTIFICATE" in env.ca_cert_pem
+        assert len(env.init_key) >= 22  # >= 128 bits of URL-safe base64
+        keys.add(env.init_key)
+    assert len(keys) == 1000
+    devices = fleetrig_platform.client.devices()
+    assert len(devices) == 1000 and {d["state"] for d in devices} == {"provisioned"}
+    dump = table_dump(fleetrig_platform)
+    assert len(dump["init_keys"]) == 1000
+    # Only digests are stored: no key appears anywhere in the registry.
+    flat = repr(dump)
+    assert not any(k in flat for k in list(keys)[:50])
+    assert digest(next(iter(keys))) in flat
+    # One bulk request is one audit event.
+    audit = fleetrig_platform.client.audit()
+    assert [e["detail"]["count"] for e in audit if e["action"] == "device.provision"] == [1000]
+
+
+def test_dry_run_changes_no_rows_and_no_files(fleetrig_platform, fleetrig_catalog, tmp_path):
+    provision(fleetrig_platform, fleetrig_catalog, ["EXIST-001"])
+    before = table_dump(fleetrig_platform)
+    report = fleetrig_platform.client.provision(
+        ["NEW-001", "NEW-002", "EXIST-001"], customer="ACME", part="evk", dry_run=True
+    )
+    assert report["dry_run"] is True
+    assert [r["ok"] for r in report["results"]] == [True, True, False]
+    assert all(r["agent_env"] == "" for r in report["results"])
+    assert table_dump(fleetrig_platform) == before
+    assert fleetrig_platform.ctx.identities.get("NEW-001") is None
+
+
+def test_refusals_name_the_culprit(fleetrig_platform, fleetrig_catalog):
+    client = fleetrig_platform.client
+    with pytest.raises(Refused, match="unknown customer 'NOPE'") as info:
+        client.provision(["A-001"], customer="NOPE", part="evk")
+    assert info.value.status == 404
+    with pytest.raises(Refused, match="unknown part 'nopart'"):
+        client.provision(["A-001"], customer="ACME", part="nopart")
+    client.add_part("bare")
+    with pytest.raises(Refused, match="part 'bare' has no model assigned"):
+        client.provision(["A-001"], customer="ACME", part="bare")
+    with pytest.raises(Refused, match="customer 'ACME' exists already"):
+        client.add_customer("ACME", "other-tenant")
+    with pytest.raises(Refused, match="tenant id 'acme-0001' belongs to another customer"):
+        client.add_customer("Other", "acme-0001")
+    with pytest.raises(Refused, match="tenant id"):
+        client.add_customer("Other", "bad tenant!")
+
+    provision(fleetrig_platform, fleetrig_catalog, ["DUP-001"])
+    report = client.provision(["DUP-001", "OK-001", "bad serial!", "OK-002", "OK-002"], customer="ACME", part="evk")
+    errors = {r["serial"]: r["error"] for r in report["results"] if not r["ok"]}
+    assert errors["DUP-001"] == "serial DUP-001 is already provisioned"
+    assert "malformed serial 'bad serial!'" in errors["bad serial!"]
+    assert errors["OK-002"] == "serial OK-002 appears twice in the request"
+    assert report["provisioned"] == 2  # OK-001 and the first OK-002 still went through
+    assert {d["serial"] for d in client.devices()} == {"DUP-001", "OK-001", "OK-002"}
+
+
+def test_atomic_request_refuses_all_on_one_refusal(fleetrig_platform, fleetrig_catalog):
+    provision(fleetrig_platform, fleetrig_catalog, ["AT-001"])
+    before = table_dump(fleetrig_platform)
+    report = fleetrig_platform.client.provision(["AT-002", "AT-001", "AT-003"], customer="ACME", part="evk",
+                                                atomic=True)
+    assert report["provisioned"] == 0 and report["refused"] == 3
+    assert "another serial of this atomic request" in report["results"][0]["error"]
+    assert table_dump(fleetrig_platform) == before
+
+
+def test_unwritable_output_dir_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    (tmp_path / "file").write_text("x")
+    try:
+        with pytest.raises(Refused, match=r"is not a directory|not writable|cannot create"):
+            pms.check_output_dir(tmp_path / "file")
+        if not _running_as_root():
+            with pytest.raises(Refused, match=r"not writable|cannot create"):
+                pms.check_output_dir(locked / "sub")
+    finally:
+        locked.chmod(0o700)
+
+
+def _running_as_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def test_several_models_need_a_choice(fleetrig_platform, fleetrig_catalog):
+    client = fleetrig_platform.client
+    client.add_model("evk-rev-b", "evk")
+    with pytest.raises(Refused, match=r"several models \(evk-rev-a, evk-rev-b\); choose one with --model"):
+        client.provision(["M-001"], customer="ACME", part="evk")
+    report = client.provision(["M-001"], customer="ACME", part="evk", model="evk-rev-b")
+    assert report["provisioned"] == 1
+    assert client.device("M-001")["model"] == "evk-rev-b"
+
+
+async def test_reissue_kills_the_old_key(fleetrig_platform, fleetrig_catalog, tmp_path):
+    envs = await asyncio.to_thread(provision, fleetrig_platform, fleetrig_catalog, ["RE-001"])
+    old = envs["RE-001"]
+    result = await asyncio.to_thread(fleetrig_platform.client.reissue, "RE-001")
+    new = parse_agent_env(result["agent_env"])
+    assert new.init_key != old.init_key and new.serial == old.serial
+    shown = await asyncio.to_thread(fleetrig_platform.client.device, "RE-001")
+    assert [k["revoked_at"] is not None for k in shown["init_keys"]] == [True, False]
+
+    refused = await connect_refused(
+        mqtt_client(old, client_id="RE-001", username="RE-001", password="init:" + old.init_key)
+    )
+    assert "authori" in refused.lower()
+    fleet = await boot({"RE-001": new}, tmp_path / "devices")
+    assert (await asyncio.to_thread(fleetrig_platform.client.device, "RE-001"))["state"] == "registered"
+    await fleet.stop()
+    with pytest.raises(Refused, match="unknown serial 'NOPE-1'"):
+        await asyncio.to_thread(fleetrig_platform.client.reissue, "NOPE-1")
