@@ -294,3 +294,112 @@ class Ack:
         ref = _field(data, "ref", str, what)
         ok = _field(data, "ok", bool, what)
         return cls(ref=ref, ok=ok, error=str(data.get("error") or ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Device management: RPC commands, results, telemetry, events
+
+#: RPC methods, named as the upstream ThingsBoard adapter names them.
+RPC_METHODS = (
+    "triggerota", "triggeraota", "triggerfota", "triggersota", "triggerconfig", "triggerquery",
+    "reboot_device", "shutdown_device", "decommission_device",
+)
+
+
+@dataclass(frozen=True)
+class RpcRequest:
+    """A command for one device, on rpc/request/<id>; the device answers on rpc/response/<id>."""
+
+    request_id: str
+    method: str
+    params: dict[str, Any]
+    job_id: str = ""
+    timeout_s: float = 300.0
+
+    def to_bytes(self) -> bytes:
+        return encode({"v": PROTOCOL_VERSION, "id": self.request_id, "method": self.method,
+                       "params": self.params, "job_id": self.job_id, "timeout_s": self.timeout_s})
+
+    @classmethod
+    def parse(cls, request_id: str, payload: bytes) -> RpcRequest:
+        what = "rpc request"
+        data = decode(payload, what)
+        method = _field(data, "method", str, what)
+        if method not in RPC_METHODS:
+            raise WireError(f"{what}: unknown method {method!r}; known: {', '.join(RPC_METHODS)}")
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise WireError(f"{what}: params must be an object")
+        timeout = data.get("timeout_s", 300.0)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
+            raise WireError(f"{what}: timeout_s must be a number of seconds in (0, 86400]")
+        return cls(request_id=request_id, method=method, params=params,
+                   job_id=str(data.get("job_id") or "")[:64], timeout_s=float(timeout))
+
+
+@dataclass(frozen=True)
+class RpcResult:
+    """A device's answer: the seed's {"status": N, "message": "...", "job_id": "..."} plus data."""
+
+    status: int
+    message: str
+    job_id: str = ""
+    data: Any = None
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {"status": self.status, "message": self.message, "job_id": self.job_id}
+        if self.data is not None:
+            body["data"] = self.data
+        return encode(body)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> RpcResult:
+        what = "rpc result"
+        data = decode(payload, what)
+        status = _field(data, "status", int, what)
+        message = _field(data, "message", str, what)
+        return cls(status=status, message=message[:4000], job_id=str(data.get("job_id") or ""),
+                   data=data.get("data"))
+
+
+@dataclass(frozen=True)
+class TelemetryMessage:
+    """Dynamic telemetry: the samples collected since the last publish; acked as 'telemetry-<seq>'."""
+
+    seq: int
+    samples: list[dict[str, Any]]
+    dropped: int = 0
+
+    @classmethod
+    def parse(cls, payload: bytes) -> TelemetryMessage:
+        what = "telemetry"
+        data = decode(payload, what)
+        seq = _field(data, "seq", int, what)
+        samples = _field(data, "samples", list, what)
+        if not all(isinstance(s, dict) for s in samples):
+            raise WireError(f"{what}: every sample must be an object")
+        if len(samples) > 10_000:
+            raise WireError(f"{what}: more than 10000 samples in one message")
+        dropped = data.get("dropped", 0)
+        return cls(seq=seq, samples=samples, dropped=dropped if isinstance(dropped, int) else 0)
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """Something the device wants in its event log (OTA progress, diagnostics, power)."""
+
+    kind: str
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return encode({"v": PROTOCOL_VERSION, "kind": self.kind, "message": self.message, "detail": self.detail})
+
+    @classmethod
+    def parse(cls, payload: bytes) -> DeviceEvent:
+        what = "event"
+        data = decode(payload, what)
+        kind = _field(data, "kind", str, what)
+        message = _field(data, "message", str, what)
+        detail = _field(data, "detail", dict, what, required=False) or {}
+        return cls(kind=kind[:64], message=message[:4000], detail=detail)

@@ -172,3 +172,74 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any] | None]
 
     __table_args__ = (Index("ix_audit_serial_at", "serial", "at"),)
+
+
+# -- device management: jobs, telemetry, event log ------------------------------------------------
+
+PENDING = "pending"
+SENT = "sent"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TARGET_STATES = (PENDING, SENT, SUCCEEDED, FAILED)
+DECOMMISSIONED = "decommissioned"
+
+
+class Job(Base):
+    """One command (an RPC method and its parameters) sent to one or many devices."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any] | None]
+    timeout_s: Mapped[float]
+    targets: Mapped[list[JobTarget]] = relationship(back_populates="job", cascade="all, delete-orphan",
+                                                    order_by="JobTarget.id")
+
+
+class JobTarget(Base):
+    """A job's command to one device, and that device's result."""
+
+    __tablename__ = "job_targets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    serial: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str] = mapped_column(String(40), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=PENDING)
+    status: Mapped[int | None]
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
+    sent_at: Mapped[dt.datetime | None]
+    deadline: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    job: Mapped[Job] = relationship(back_populates="targets")
+
+
+class TelemetryRecord(Base):
+    """One sample of dynamic telemetry, kept for the retention period."""
+
+    __tablename__ = "telemetry"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    seq: Mapped[int]
+    values: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (Index("ix_telemetry_device_at", "device_id", "at"),)
+
+
+class DeviceEventRecord(Base):
+    """A device's event log: what it reported and what happened to it."""
+
+    __tablename__ = "device_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (Index("ix_device_events_device_at", "device_id", "at"),)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_ALLOWED = {"aiomqtt", "paho", "cryptography", "agent"}
+AGENT_ALLOWED = {"aiomqtt", "paho", "cryptography", "defusedxml", "xmlschema", "agent"}
 # What the platform may take from the agent package: the wire contract and the agent.env format.
 PLATFORM_FROM_AGENT = {"agent.wire", "agent.env", "agent"}
 

@@ -1,0 +1,202 @@
+"""The device manager: one RPC in, one result out, under the seed's safety rules.
+
+An RPC becomes a manifest (the same path a raw `triggerota` manifest takes), the manifest is
+parsed and validated (300 and nothing changed when it fails), and the command runs:
+queries and configuration at once; updates one at a time (a second one while one runs gets
+the busy status), between diagnostics before and after, within the command's timeout. Power
+and decommission answer first and act after the answer is sent, so the cloud always hears the
+result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import diagnostics, ota, packages, wire
+from agent.config import AgentConfig
+from agent.hardware import Hardware, HardwareError
+from agent.manifest import (
+    OTA_FAILURE,
+    AotaCommand,
+    ConfigCommand,
+    DecommissionCommand,
+    FotaCommand,
+    ManifestError,
+    OtaCommand,
+    PotaCommand,
+    PowerCommand,
+    QueryCommand,
+    SotaCommand,
+    SourceCommand,
+    manifest_from_rpc,
+    parse_manifest,
+)
+
+log = logging.getLogger("fleetrig.agent.dispatcher")
+
+AGENT_VERSION = "fleetrig-agent 0.1.0"
+BUSY_MESSAGE = "OTA IN PROGRESS, TRY LATER"
+
+After = Callable[[], Awaitable[None]]
+Notify = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass
+class Answer:
+    result: wire.RpcResult
+    after: After | None = None
+
+
+class Dispatcher:
+    """Runs manifests on one device."""
+
+    def __init__(self, hardware: Hardware, config: AgentConfig, work_dir: Path, *, ca_pem: str | None,
+                 signature_cert: str | None, repo_url: str | None, notify: Notify,
+                 decommission: Callable[[], Awaitable[None]]) -> None:
+        self.hardware = hardware
+        self.config = config
+        self.work_dir = Path(work_dir)
+        self.notify = notify
+        self.decommission = decommission
+        self.ctx = ota.Context(hardware, config, self.work_dir / "ota", ca_pem, signature_cert, repo_url, notify)
+        self.busy_with: str | None = None
+        self.started_at = time.time()
+
+    async def handle(self, request: wire.RpcRequest) -> Answer:
+        job = request.job_id
+        try:
+            if request.method == "triggerota":
+                raw = request.params.get("manifest")
+                if not isinstance(raw, str):
+                    raise ManifestError("triggerota: field 'manifest' must hold the manifest XML")
+                xml = raw
+            else:
+                xml = manifest_from_rpc(request.method, request.params)
+            manifest = parse_manifest(xml)
+        except ManifestError as exc:
+            return Answer(wire.RpcResult(exc.status, str(exc), job))
+        command = manifest.command
+        try:
+            if isinstance(command, OtaCommand):
+                return await self._update(command, request)
+            if isinstance(command, QueryCommand):
+                return Answer(wire.RpcResult(200, f"query {command.option}", job, self.query(command.option)))
+            if isinstance(command, ConfigCommand):
+                message, data = await self._config(command)
+                return Answer(wire.RpcResult(200, message, job, data))
+            if isinstance(command, SourceCommand):
+                outcome = ota.sources(command, self.ctx)
+                return Answer(wire.RpcResult(200, outcome.message, job, outcome.data))
+            if isinstance(command, PowerCommand):
+                action = command.action
+                return Answer(wire.RpcResult(200, f"{action}: going offline", job), self._power(action))
+            if isinstance(command, DecommissionCommand):
+                return Answer(wire.RpcResult(200, "decommission: credentials removed; shutting down", job),
+                              self._decommission())
+        except HardwareError as exc:
+            return Answer(wire.RpcResult(exc.status, str(exc), job))
+        return Answer(wire.RpcResult(301, f"{type(command).__name__} is not supported", job))
+
+    # -- updates ------------------------------------------------------------------------------------
+
+    async def _update(self, command: OtaCommand, request: wire.RpcRequest) -> Answer:
+        job = request.job_id
+        if self.busy_with is not None:
+            return Answer(wire.RpcResult(OTA_FAILURE, f"{BUSY_MESSAGE}: {self.busy_with} is running", job))
+        name = command.ota_type.upper()
+        self.busy_with = f"{name} {job}".strip()
+        try:
+            await self.notify("ota.started", f"{name} started")
+            diagnostics.check(self.hardware, self.config, "pre")
+            runner = {AotaCommand: ota.aota, FotaCommand: ota.fota, SotaCommand: ota.sota,
+                      PotaCommand: ota.pota}[type(command)]
+            try:
+                outcome = await asyncio.wait_for(runner(command, self.ctx), request.timeout_s)  # type: ignore[operator]
+            except TimeoutError:
+                raise HardwareError(301, f"{name} did not finish within {request.timeout_s:.0f}s") from None
+            diagnostics.check(self.hardware, self.config, "post")
+        except HardwareError as exc:
+            await self.notify("ota.failed", f"{name} failed: {exc}")
+            return Answer(wire.RpcResult(exc.status, str(exc), job))
+        finally:
+            self.busy_with = None
+        await self.notify("ota.succeeded", f"{name}: {outcome.message}")
+        return Answer(wire.RpcResult(200, outcome.message, job, outcome.data),
+                      self._power("restart") if outcome.reboot else None)
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    async def _config(self, command: ConfigCommand) -> tuple[str, Any]:
+        cfg = self.config
+        if command.cmd == "get_element":
+            return "configuration read", cfg.get(command.path or "")
+        if command.cmd == "set_element":
+            return "configuration set", cfg.set(command.path or "")
+        if command.cmd == "append":
+            return "configuration appended", cfg.append(command.path or "")
+        if command.cmd == "remove":
+            return "configuration element removed", cfg.remove(command.path or "")
+        if command.cmd == "load":
+            if not command.fetch:
+                raise HardwareError(400, "config load: fetch is required")
+            path = await self.ctx.fetch(command.fetch, None, None, "config")
+            await self.ctx.verify(path, command.signature, None)
+            if path.name.endswith((".tar", ".tar.gz", ".tgz")):
+                unpacked = self.ctx.work_dir / "config" / "unpacked"
+                members = await asyncio.to_thread(packages.safe_extract, path, unpacked)
+                confs = [m for m in members if m.endswith(".conf")]
+                if len(confs) != 1:
+                    raise HardwareError(400, f"config load: {path.name} must hold one .conf file")
+                path = unpacked / confs[0]
+            return "configuration loaded", cfg.load(path.read_bytes())
+        raise HardwareError(301, f"config command {command.cmd!r} is not supported")
+
+    # -- queries ------------------------------------------------------------------------------------
+
+    def query(self, option: str) -> dict[str, Any]:
+        facts = self.hardware.facts()
+        fw = self.hardware.firmware_info()
+        parts: dict[str, Callable[[], Any]] = {
+            "hw": lambda: {k: facts.get(k) for k in ("manufacturer", "product", "cpu_id", "total_memory", "disks")},
+            "fw": lambda: {"vendor": fw.vendor, "version": fw.version, "release_date": fw.release_date.isoformat()},
+            "os": lambda: {"os": facts.get("os"), "kernel": facts.get("kernel", platform.release()),
+                           "rootfs": facts.get("rootfs")},
+            "version": lambda: {"agent": AGENT_VERSION},
+            "swbom": lambda: {"packages": self.hardware.packages.installed(),
+                              "images": self.hardware.containers.images()},
+            "status": lambda: {**self.hardware.resources().__dict__, "busy": self.busy_with,
+                               "containers": self.hardware.containers.containers(),
+                               "uptime_s": round(time.time() - self.started_at, 1)},
+        }
+        if option == "all":
+            return {name: build() for name, build in parts.items()}
+        if option not in parts:
+            raise HardwareError(300, f"unknown query option {option!r}")
+        return {option: parts[option]()}
+
+    # -- power ----------------------------------------------------------------------------------------
+
+    def _power(self, action: str) -> After:
+        async def act() -> None:
+            await self.notify("power", f"{action} requested")
+            if action == "shutdown":
+                self.hardware.shutdown()
+            else:
+                self.hardware.reboot()
+
+        return act
+
+    def _decommission(self) -> After:
+        async def act() -> None:
+            await self.notify("decommission", "credentials removed; shutting down")
+            await self.decommission()
+            self.hardware.shutdown()
+
+        return act

@@ -1,0 +1,112 @@
+"""Dynamic telemetry: collect, publish, and keep what the platform has not acknowledged.
+
+Every collectionIntervalSeconds a sample is read from the hardware; every
+publishIntervalSeconds the samples since the last publish become one message. A message leaves
+the cache only when the platform acknowledges it (the broker's QoS 1 is not proof of delivery),
+so a broker restart or lost network loses nothing while the cache holds; beyond maxCacheSize
+messages the oldest are dropped, and the next message says how many. Intervals and cache size
+follow configuration changes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agent import wire
+from agent.config import AgentConfig
+from agent.hardware import Hardware
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Telemetry:
+    def __init__(self, hardware: Hardware, config: AgentConfig, serial: str) -> None:
+        self.hardware = hardware
+        self.config = config
+        self.serial = serial
+        self.samples: list[dict[str, Any]] = []
+        self.unacked: OrderedDict[int, bytes] = OrderedDict()
+        self.seq = 0
+        self.dropped = 0
+        self.published = 0
+        self._wake = asyncio.Event()
+        config.on_change(self._config_changed)
+
+    def _config_changed(self, keys: set[str]) -> None:
+        if keys & {"collectionIntervalSeconds", "publishIntervalSeconds", "maxCacheSize"}:
+            self._trim()
+            self._wake.set()
+
+    def sample(self) -> dict[str, Any]:
+        reading = self.hardware.resources()
+        sample: dict[str, Any] = {
+            "ts": round(time.time(), 3),
+            "available_memory_mb": reading.free_memory_mb,
+            "core_temp_c": reading.core_temp_c,
+            "percent_disk_used": reading.disk_used_percent,
+            "cpu_percent": reading.cpu_percent,
+            "network": reading.network,
+            "container_stats": self.hardware.containers.stats(),
+        }
+        if reading.battery_percent is not None:
+            sample["battery_percent"] = reading.battery_percent
+        return sample
+
+    def collect(self) -> None:
+        self.samples.append(self.sample())
+
+    def seal(self) -> bytes | None:
+        """Turn the samples since the last publish into one cached message."""
+        if not self.samples:
+            return None
+        self.seq += 1
+        payload = wire.encode({"v": wire.PROTOCOL_VERSION, "seq": self.seq, "samples": self.samples,
+                               "dropped": self.dropped})
+        self.samples = []
+        self.unacked[self.seq] = payload
+        self._trim()
+        return payload
+
+    def _trim(self) -> None:
+        limit = max(1, self.config.int("maxCacheSize"))
+        while len(self.unacked) > limit:
+            self.unacked.popitem(last=False)
+            self.dropped += 1
+
+    def acknowledge(self, ref: str) -> bool:
+        """Forget a message the platform has stored (ref 'telemetry-N'); True if it was pending."""
+        try:
+            seq = int(ref.removeprefix("telemetry-"))
+        except ValueError:
+            return False
+        return self.unacked.pop(seq, None) is not None
+
+    async def flush(self, publish: Publish) -> None:
+        """(Re)send every unacknowledged message, oldest first."""
+        for payload in list(self.unacked.values()):
+            await publish(wire.topic(self.serial, wire.TELEMETRY), payload)
+            self.published += 1
+
+    async def run(self, publish: Publish, connected: Callable[[], bool]) -> None:
+        """Collect and publish forever; publish only while connected, cache otherwise."""
+        last_publish = time.monotonic()
+        while True:
+            self.collect()
+            now = time.monotonic()
+            if now - last_publish >= self.config.int("publishIntervalSeconds"):
+                last_publish = now
+                payload = self.seal()
+                if payload is not None and connected():
+                    try:
+                        await publish(wire.topic(self.serial, wire.TELEMETRY), payload)
+                        self.published += 1
+                    except Exception:  # lost connection: the message stays cached, resent on reconnect
+                        pass
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.int("collectionIntervalSeconds"))
