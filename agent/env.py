@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from agent.wire import AUTH_MODES, AUTH_X509, WireError, check_serial
 
 REQUIRED_KEYS = ("SERIAL", "TENANT_ID", "BROKER_URL", "INIT_KEY", "CA_CERT")
-OPTIONAL_KEYS = ("AUTH", "SIGNATURE_CERT", "PROTOCOL")
+OPTIONAL_KEYS = ("AUTH", "SIGNATURE_CERT", "REPO_URL")
 _KEY_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
 _INIT_KEY = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -38,6 +38,8 @@ class AgentEnv:
     ca_cert_pem: str
     auth: str = AUTH_X509
     signature_cert_pem: str | None = None
+    #: The platform's package repository, trusted from first boot on.
+    repo_url: str | None = None
 
     @property
     def broker_host(self) -> str:
@@ -65,6 +67,8 @@ class AgentEnv:
         ]
         if self.signature_cert_pem:
             lines.append(f"SIGNATURE_CERT={_b64(self.signature_cert_pem)}")
+        if self.repo_url:
+            lines.append(f"REPO_URL={self.repo_url}")
         return "\n".join(lines) + "\n"
 
 
@@ -131,6 +135,11 @@ def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
     if auth not in AUTH_MODES:
         raise AgentEnvError(f"{source}: AUTH must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
     sig = values.get("SIGNATURE_CERT")
+    repo = values.get("REPO_URL") or None
+    if repo is not None:
+        parts = urlsplit(repo)
+        if parts.scheme != "https" or not parts.hostname or not repo.endswith("/"):
+            raise AgentEnvError(f"{source}: REPO_URL {repo!r} must look like https://HOST:PORT/repo/")
     return AgentEnv(
         serial=serial,
         tenant_id=values["TENANT_ID"],
@@ -139,6 +148,7 @@ def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
         ca_cert_pem=_pem_field("CA_CERT", values["CA_CERT"], "CERTIFICATE"),
         auth=auth,
         signature_cert_pem=_pem_field("SIGNATURE_CERT", sig, "CERTIFICATE") if sig else None,
+        repo_url=repo,
     )
 
 

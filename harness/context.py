@@ -23,3 +23,5 @@ class PlatformContext:
     broker_url: str
     #: Close a device's live broker session, from any thread; `only_role` limits it to one kind.
     drop_session: Callable[..., None] = _no_broker
+    #: The package repository's base URL written into agent.env (https://host:port/repo/).
+    repo_url: str | None = None

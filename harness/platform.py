@@ -26,13 +26,16 @@ from typing import Any
 
 import uvicorn
 
+from harness.api import create_app
 from harness.broker import BrokerHooks, FleetBroker, broker_config
 from harness.context import PlatformContext
 from harness.db import Registry, database_url
 from harness.errors import Refused
 from harness.gateway import DeviceGateway
 from harness.identities import Identities
+from harness.jobs import JobEngine
 from harness.pki import CertificateAuthority, default_server_hosts
+from harness.repo import PackageStore, create_repo_app
 
 log = logging.getLogger("fleetrig.platform")
 
@@ -40,6 +43,7 @@ STATE_FILE = "platform.json"
 TOKEN_FILE = "operator.token"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_MQTTS_PORT = 8883
+DEFAULT_REPO_PORT = 8443
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,6 +62,10 @@ class PlatformConfig:
     http_port: int | None = None
     mqtts_port: int | None = None
     mqtt_port: int | None = None
+    repo_port: int | None = None
+    #: HTTP basic auth for the package repository (the seed's server username/password).
+    repo_user: str | None = None
+    repo_password: str | None = None
 
 
 def read_operator_token(data_dir: Path) -> str:
@@ -69,6 +77,10 @@ def read_state(data_dir: Path) -> dict[str, Any]:
         return json.loads((Path(data_dir) / STATE_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class Platform:
@@ -83,8 +95,10 @@ class Platform:
         self.api_url = ""
         self.broker_url = ""
         self.token = ""
-        self._http: uvicorn.Server | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self.repo_url = ""
+        self.jobs: JobEngine | None = None
+        self.store: PackageStore | None = None
+        self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -102,7 +116,7 @@ class Platform:
                 handle.write(secrets.token_urlsafe(32) + "\n")
         self.token = read_operator_token(self.data_dir)
 
-    def _ports(self) -> tuple[int, int]:
+    def _ports(self) -> tuple[int, int, int]:
         saved = read_state(self.data_dir)
         host = self.config.host
 
@@ -112,7 +126,8 @@ class Platform:
             return int(saved.get(key) or default)
 
         return (pick(self.config.http_port, "http_port", DEFAULT_HTTP_PORT),
-                pick(self.config.mqtts_port, "mqtts_port", DEFAULT_MQTTS_PORT))
+                pick(self.config.mqtts_port, "mqtts_port", DEFAULT_MQTTS_PORT),
+                pick(self.config.repo_port, "repo_port", DEFAULT_REPO_PORT))
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -125,7 +140,7 @@ class Platform:
         identities = Identities()
         with registry.session() as s:
             count = identities.load(s)
-        http_port, mqtts_port = self._ports()
+        http_port, mqtts_port, repo_port = self._ports()
         self.ctx = PlatformContext(registry=registry, identities=identities, ca=ca, broker_url="",
                                    drop_session=self._drop_threadsafe)
         hooks = BrokerHooks()
@@ -151,39 +166,57 @@ class Platform:
         self.broker_url = f"mqtts://{public_host}:{mqtts_port}"
         self.ctx.broker_url = self.broker_url
         self.plain_mqtt_port = self.broker.bound_port("plain") if mqtt_port is not None else None
-        await self._start_http(http_port)
-        self._save_state(http_port=self._http_port, mqtts_port=mqtts_port)
+        self.store = PackageStore(self.data_dir / "repo")
+        repo_app = create_repo_app(self.store, self.config.repo_user, self.config.repo_password)
+        repo_port = await self._serve(repo_app, repo_port, certfile=certfile, keyfile=keyfile,
+                                      what="package repository")
+        self.repo_url = f"https://{_url_host(public_host)}:{repo_port}/repo/"
+        self.ctx.repo_url = self.repo_url
+        self.jobs = JobEngine(self.ctx, self.broker.publish, self.broker.is_connected)
+        self.gateway.jobs = self.jobs
+        await self.jobs.start()
+        http_port = await self._serve(create_app(self), http_port, what="REST API")
+        self.api_url = f"http://{_url_host(self.config.host)}:{http_port}"
+        self._save_state(http_port=http_port, mqtts_port=mqtts_port, repo_port=repo_port)
         log.info("platform up: %s, %s, %d identities", self.api_url, self.broker_url, count)
 
-    async def _start_http(self, port: int) -> None:
-        from harness.api import create_app
-
-        app = create_app(self)
-        config = uvicorn.Config(app, host=self.config.host, port=port, log_level="warning",
-                                lifespan="off", access_log=False)
-        self._http = uvicorn.Server(config)
-        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._http_task = asyncio.create_task(self._http.serve())
-        while not self._http.started:
-            if self._http_task.done():
+    async def _serve(self, app: Any, port: int, *, what: str, certfile: Path | None = None,
+                     keyfile: Path | None = None) -> int:
+        """Run one uvicorn server on the platform's loop; return the port it listens on."""
+        if port:
+            # uvicorn exits the process when it cannot bind: find out first, and say which server.
+            try:
+                with socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((self.config.host, port))
+            except OSError as exc:
                 await self.stop()
-                raise Refused(f"the REST API cannot listen on {self.config.host}:{port}")
+                raise Refused(f"the {what} cannot listen on {self.config.host}:{port}: {exc.strerror}") from None
+        config = uvicorn.Config(app, host=self.config.host, port=port, log_level="warning", lifespan="off",
+                                access_log=False, ssl_certfile=str(certfile) if certfile else None,
+                                ssl_keyfile=str(keyfile) if keyfile else None)
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        self._servers.append((server, task))
+        while not server.started:
+            if task.done():
+                await self.stop()
+                raise Refused(f"the {what} cannot listen on {self.config.host}:{port}")
             await asyncio.sleep(0.02)
-        sock = self._http.servers[0].sockets[0]
-        self._http_port = int(sock.getsockname()[1])
-        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        self.api_url = f"http://{host}:{self._http_port}"
+        return int(server.servers[0].sockets[0].getsockname()[1])
 
     def _save_state(self, **ports: int) -> None:
         state = {**ports, "api_url": self.api_url, "broker_url": self.broker_url, "pid": os.getpid()}
         (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     async def stop(self) -> None:
-        if self._http is not None:
-            self._http.should_exit = True
-            if self._http_task:
-                await asyncio.gather(self._http_task, return_exceptions=True)
-            self._http = None
+        for server, task in self._servers:
+            server.should_exit = True
+            await asyncio.gather(task, return_exceptions=True)
+        self._servers = []
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.shutdown()

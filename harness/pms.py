@@ -271,6 +271,7 @@ def render_agent_env(
         ca_cert_pem=ctx.ca.cert_pem,
         auth=auth,
         signature_cert_pem=signature_cert,
+        repo_url=ctx.repo_url,
     ).render()
 
 

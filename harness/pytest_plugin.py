@@ -58,7 +58,7 @@ class Catalog:
 @pytest.fixture
 def fleetrig_platform(tmp_path: Path) -> Iterator[RunningPlatform]:
     data_dir = tmp_path / "platform"
-    thread = PlatformThread(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0))
+    thread = PlatformThread(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0, repo_port=0))
     platform = thread.start()
     running = RunningPlatform(thread, Client(platform.api_url, platform.token, actor="pytest"), data_dir)
     try:

@@ -27,7 +27,7 @@ def run(*args: str, data_dir: Path | None = None, timeout: float = 120, **env: s
 def served(tmp_path_factory) -> Iterator[Path]:
     data_dir = tmp_path_factory.mktemp("serve") / "data"
     proc = subprocess.Popen(
-        [*FLEETRIG, "serve", "--data-dir", str(data_dir), "--http-port", "0", "--mqtts-port", "0"],
+        [*FLEETRIG, "serve", "--data-dir", str(data_dir), "--http-port", "0", "--mqtts-port", "0", "--repo-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines = []

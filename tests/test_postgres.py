@@ -61,7 +61,8 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
 
 
 async def test_registry_in_postgresql_survives_a_restart(postgres_url, tmp_path):
-    config = PlatformConfig(data_dir=tmp_path / "platform", db_url=postgres_url, http_port=0, mqtts_port=0)
+    config = PlatformConfig(data_dir=tmp_path / "platform", db_url=postgres_url, http_port=0, mqtts_port=0,
+                            repo_port=0)
     thread = PlatformThread(config)
     platform = await asyncio.to_thread(thread.start)
     client = Client(platform.api_url, platform.token, actor="pytest")

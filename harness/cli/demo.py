@@ -39,7 +39,7 @@ def demo(
     logging.getLogger("transitions").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="fleetrig-demo-") as tmp:
         root = Path(data_dir) if data_dir else Path(tmp)
-        thread = PlatformThread(PlatformConfig(data_dir=root / "platform", http_port=0, mqtts_port=0))
+        thread = PlatformThread(PlatformConfig(data_dir=root / "platform", http_port=0, mqtts_port=0, repo_port=0))
         platform = thread.start()
         console.print(f"platform: API [bold]{platform.api_url}[/]  broker [bold]{platform.broker_url}[/]")
         client = Client(platform.api_url, platform.token, actor="demo")

@@ -21,6 +21,10 @@ def serve(
     http_port: int | None = typer.Option(None, "--http-port", help="REST API port (0: any free port)."),
     mqtts_port: int | None = typer.Option(None, "--mqtts-port", help="MQTT over TLS port (0: any free port)."),
     mqtt_port: int | None = typer.Option(None, "--mqtt-port", help="Also serve plain MQTT on 127.0.0.1:PORT."),
+    repo_port: int | None = typer.Option(None, "--repo-port", help="Package repository (HTTPS) port (0: any)."),
+    repo_user: str | None = typer.Option(None, "--repo-user", help="Basic-auth user for the package repository."),
+    repo_password: str | None = typer.Option(None, "--repo-password", envvar="FLEETRIG_REPO_PASSWORD",
+                                             help="Basic-auth password for the package repository."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the platform: registry, REST API and the built-in MQTT broker (TLS)."""
@@ -30,7 +34,8 @@ def serve(
         logging.getLogger("amqtt").setLevel(logging.ERROR)
         logging.getLogger("transitions").setLevel(logging.ERROR)
     config = PlatformConfig(data_dir=data_dir, db_url=db, host=host, public_host=public_host,
-                            http_port=http_port, mqtts_port=mqtts_port, mqtt_port=mqtt_port)
+                            http_port=http_port, mqtts_port=mqtts_port, mqtt_port=mqtt_port, repo_port=repo_port,
+                            repo_user=repo_user, repo_password=repo_password)
     asyncio.run(_serve(config))
 
 
@@ -48,6 +53,7 @@ async def _serve(config: PlatformConfig) -> None:
     print("fleetrig platform ready", flush=True)
     print(f"  REST API:       {platform.api_url}  (OpenAPI: {platform.api_url}/docs)", flush=True)
     print(f"  MQTT over TLS:  {platform.broker_url}", flush=True)
+    print(f"  packages:       {platform.repo_url}", flush=True)
     if platform.plain_mqtt_port:
         print(f"  plain MQTT:     mqtt://127.0.0.1:{platform.plain_mqtt_port}", flush=True)
     print(f"  operator token: {Path(config.data_dir) / TOKEN_FILE}", flush=True)
