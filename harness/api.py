@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from harness import eol, fleet, pms, tracking
+from harness import eol, fleet, pms, telemetry, tracking
 from harness.context import PlatformContext
 from harness.errors import Refused
 from harness.models import AuditEvent
+from harness.repo import MAX_PACKAGE_BYTES
 
 if TYPE_CHECKING:
     from harness.platform import Platform
@@ -62,6 +63,15 @@ class DisposeIn(BaseModel):
 class CveIn(BaseModel):
     cve_id: str
     status: str = "open"
+
+
+class JobIn(BaseModel):
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    serials: list[str] | None = None
+    all: bool = False
+    customer: str | None = None
+    timeout_s: float | None = None
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -162,6 +172,47 @@ def create_app(platform: Platform) -> FastAPI:
     @app.post("/api/v1/devices/{serial}/cves", status_code=201)
     def add_cve(serial: str, body: CveIn, actor: str = Depends(operator)) -> dict[str, Any]:
         return tracking.track_cve(ctx(), serial, body.cve_id, body.status, actor)
+
+    def jobs() -> Any:
+        if platform.jobs is None:
+            raise Refused("the job engine is not running", status=503)
+        return platform.jobs
+
+    @app.post("/api/v1/jobs", status_code=201)
+    def create_job(body: JobIn, actor: str = Depends(operator)) -> dict[str, Any]:
+        return jobs().create(body.method, body.params, actor=actor, serials=body.serials, all_devices=body.all,
+                             customer=body.customer, timeout_s=body.timeout_s)
+
+    @app.get("/api/v1/jobs/{job_id}")
+    def show_job(job_id: str, _: str = Depends(operator)) -> dict[str, Any]:
+        return jobs().show(job_id)
+
+    @app.get("/api/v1/devices/{serial}/telemetry")
+    def device_telemetry(serial: str, limit: int = Query(default=100, ge=1, le=10000),
+                         _: str = Depends(operator)) -> dict[str, Any]:
+        return telemetry.read_telemetry(ctx(), serial, limit)
+
+    @app.get("/api/v1/devices/{serial}/events")
+    def device_events(serial: str, limit: int = Query(default=200, ge=1, le=10000),
+                      _: str = Depends(operator)) -> list[dict[str, Any]]:
+        return telemetry.read_events(ctx(), serial, limit)
+
+    @app.put("/api/v1/repo/{name}", status_code=201)
+    async def add_package(name: str, request: Request, _: str = Depends(operator)) -> dict[str, Any]:
+        assert platform.store is not None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_PACKAGE_BYTES:
+                raise Refused(f"package {name} is larger than {MAX_PACKAGE_BYTES} bytes", status=413)
+            chunks.append(chunk)
+        info = platform.store.add(name, chunks)
+        return {**info, "url": platform.repo_url + info["name"]}
+
+    @app.get("/api/v1/repo")
+    def list_packages(_: str = Depends(operator)) -> list[dict[str, Any]]:
+        assert platform.store is not None
+        return [{**p, "url": platform.repo_url + p["name"]} for p in platform.store.list()]
 
     @app.get("/api/v1/audit")
     def audit_log(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,39 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")
+
+    # Device management
+    def create_job(self, method: str, params: dict[str, Any] | None = None, *, serials: list[str] | None = None,
+                   all: bool = False, customer: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._call("POST", "/jobs", json={"method": method, "params": params or {}, "serials": serials,
+                                                  "all": all, "customer": customer, "timeout_s": timeout_s})
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def wait_job(self, job_id: str, timeout: float = 600.0, interval: float = 0.25) -> dict[str, Any]:
+        """Poll a job until every target has a result, or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["done"] or time.monotonic() > deadline:
+                return job
+            time.sleep(interval)
+
+    def telemetry(self, serial: str, limit: int = 100) -> dict[str, Any]:
+        return self._call("GET", f"/devices/{serial}/telemetry", params={"limit": limit})
+
+    def events(self, serial: str, limit: int = 200) -> list[dict[str, Any]]:
+        return self._call("GET", f"/devices/{serial}/events", params={"limit": limit})
+
+    def add_package(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise Refused(f"cannot read {path}: {exc.strerror}") from None
+        return self._call("PUT", f"/repo/{name or path.name}", content=data,
+                          headers={"Content-Type": "application/octet-stream"})
+
+    def packages(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/repo")
