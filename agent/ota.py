@@ -138,14 +138,19 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
 
 
 def _check_platform(cmd: FotaCommand, running: FirmwareInfo) -> None:
-    for name, wanted, actual in (("vendor", cmd.vendor, running.vendor),
-                                 ("manufacturer", cmd.manufacturer, running.manufacturer),
-                                 ("product", cmd.product, running.product)):
-        if wanted.strip() != actual:
-            raise HardwareError(400, f"FOTA: {name} {wanted!r} does not match the platform's {actual!r}")
+    """Vendor, manufacturer and product must match, and the release date be newer: all named."""
+    problems = [
+        f"{name} {wanted!r} does not match the platform's {actual!r}"
+        for name, wanted, actual in (("vendor", cmd.vendor, running.vendor),
+                                     ("manufacturer", cmd.manufacturer, running.manufacturer),
+                                     ("product", cmd.product, running.product))
+        if wanted.strip() != actual
+    ]
     if cmd.releasedate <= running.release_date:
-        raise HardwareError(400, f"FOTA: release date {cmd.releasedate} is not newer than the running firmware's "
-                                 f"{running.release_date}")
+        problems.append(f"release date {cmd.releasedate} is not newer than the running firmware's "
+                        f"{running.release_date}")
+    if problems:
+        raise HardwareError(400, "FOTA: " + "; ".join(problems))
 
 
 async def fota(cmd: FotaCommand, ctx: Context, *, stage_only: bool = False) -> Outcome:
@@ -188,7 +193,7 @@ async def sota(cmd: SotaCommand, ctx: Context) -> Outcome:
     mode = cmd.mode or "full"
     changed = pm.update(mode, list(cmd.packages) or None)
     log_lines = [f"apt-get ({mode}): {line}" for line in changed] or [f"apt-get ({mode}): nothing to do"]
-    if cmd.logs_to_file():
+    if cmd.logs_to_file:
         log_path = ctx.work_dir.parent / "sota.log"
         with log_path.open("a") as handle:
             handle.write("\n".join(log_lines) + "\n")
