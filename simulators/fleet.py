@@ -9,15 +9,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
+import json
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.agent import Agent, AgentError, TlsContexts
 from agent.env import AgentEnv, load_agent_env
-from agent.state import StateDir
+from agent.state import Credentials, StateDir
 from simulators.hardware import SimulatedHardware
+
+#: Young-generation threshold of the cyclic garbage collector in a fleet process (default 700).
+GC_YOUNG_THRESHOLD = 5_000
+
+
+def _write_replace(path: Path, data: str, mode: int) -> None:
+    """agent.state.write_atomic without the fsync: a new file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+class SimulatedStateDir(StateDir):
+    """A simulated device's state dir: the same files, written without fsync.
+
+    A simulated device loses power when its task is cancelled, never with the host's page
+    cache, so the rename alone keeps its files whole; the fsyncs a real device needs made the
+    kernel the biggest cost of a simulated first boot (4 per device, thousands of devices).
+    """
+
+    def save_credentials(self, serial: str, auth: str, key_pem: str, cert_pem: str, token: str) -> Credentials:
+        self.ensure()
+        _write_replace(self.key_path, key_pem, 0o600)
+        _write_replace(self.cert_path, cert_pem, 0o644)
+        _write_replace(self.identity_path, json.dumps({"serial": serial, "auth": auth, "token": token}), 0o600)
+        creds = self.credentials()
+        assert creds is not None
+        return creds
+
+    def next_boot(self) -> int:
+        self.ensure()
+        path = self.root / "boot_count"
+        try:
+            count = int(path.read_text().strip() or 0) + 1
+        except (FileNotFoundError, ValueError):
+            count = 1
+        _write_replace(path, str(count), 0o644)
+        return count
 
 
 @dataclass
@@ -31,6 +79,7 @@ class SimDevice:
     task: asyncio.Task[None] | None = None
     error: str = ""
     live_at: float | None = None
+    reboots: int = 0
 
     @property
     def powered(self) -> bool:
@@ -61,17 +110,33 @@ class Fleet:
         self.ack_timeout = ack_timeout
         self.progress = FleetProgress()
         self._gate = asyncio.Semaphore(connect_concurrency)
+        # aiomqtt opens each connection (TCP connect and TLS handshake, blocking) in the loop's
+        # default executor, and the agents write their state there; the stock pool (cpu + 4
+        # threads) caps a fleet at a handful of handshakes in flight. More threads than about a
+        # quarter of the devices in flight only add memory and GIL hand-offs.
+        self._connect_threads = int(os.environ.get("FT", 0)) or max(8, min(connect_concurrency // 16, 16))
         self._on_change: Callable[[FleetProgress], None] | None = None
+        self._ca_pems: dict[str, str] = {}
+        self._prepared_loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: list[tuple[set[str], asyncio.Event]] = []
+        self._power_tasks: set[asyncio.Task[None]] = set()
+        #: Seconds a rebooting device stays off.
+        self.reboot_delay = 0.5
 
     def add(self, env: AgentEnv | str | Path, state_dir: str | Path, family: str) -> SimDevice:
         if not isinstance(env, AgentEnv):
             env = load_agent_env(env)
         if env.serial in self.devices:
             raise ValueError(f"device {env.serial} is in the fleet already")
+        # Every agent.env of a platform carries the same CA: one copy for the fleet, not one each.
+        ca_pem = self._ca_pems.setdefault(env.ca_cert_pem, env.ca_cert_pem)
+        if ca_pem is not env.ca_cert_pem:
+            env = dataclasses.replace(env, ca_cert_pem=ca_pem)
         hardware = SimulatedHardware(family, env.serial)
-        agent = Agent(env, StateDir(state_dir), hardware, tls=self.tls, keepalive=self.keepalive,
+        agent = Agent(env, SimulatedStateDir(state_dir), hardware, tls=self.tls, keepalive=self.keepalive,
                       max_backoff=self.max_backoff, ack_timeout=self.ack_timeout)
         device = SimDevice(env.serial, family, agent, hardware)
+        hardware.power_hook = lambda action, serial=env.serial: self._power_request(serial, action)
         self.devices[env.serial] = device
         self.progress.total += 1
         return device
@@ -84,38 +149,84 @@ class Fleet:
             self._on_change(self.progress)
 
     async def _lifetime(self, device: SimDevice, until_live: bool) -> None:
-        runner = asyncio.create_task(device.agent.run(until_live=until_live))
-        try:
-            async with self._gate:
-                live = asyncio.create_task(device.agent.live.wait())
-                await asyncio.wait({runner, live}, return_when=asyncio.FIRST_COMPLETED)
-                live.cancel()
-            if device.agent.live.is_set() and device.live_at is None:
+        # The gate is taken before the agent starts and given back as soon as the device is live
+        # (or has failed): at most `connect_concurrency` devices are between power-on and live.
+        held = False
+
+        def went_live() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._gate.release()
+            if device.live_at is None:
                 device.live_at = time.monotonic()
                 self.progress.live += 1
                 self._changed()
-            await runner
+            self._settled(device.serial)
+
+        try:
+            await self._gate.acquire()
+            held = True
+            device.agent.on_live = went_live
+            await device.agent.run(until_live=until_live)
         except AgentError as exc:
             device.error = str(exc)
             self.progress.failed += 1
             self._changed()
         finally:
-            if not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, AgentError):
-                    await runner
+            device.agent.on_live = None
+            if held:
+                held = False
+                self._gate.release()
+            self._settled(device.serial)
+
+    def _prepare_loop(self) -> None:
+        """Process and loop settings for thousands of agents; made once, at the first power-on."""
+        loop = asyncio.get_running_loop()
+        if self._prepared_loop is loop:
+            return
+        self._prepared_loop = loop
+        current = getattr(loop, "_default_executor", None)
+        if not (isinstance(current, ThreadPoolExecutor) and current._max_workers >= self._connect_threads):
+            loop.set_default_executor(
+                ThreadPoolExecutor(max_workers=self._connect_threads, thread_name_prefix="fleet-connect")
+            )
+            if current is not None:
+                current.shutdown(wait=False)
+        # Each connect allocates (and drops) a few thousand objects; with thousands of agents
+        # alive, the collector's default young threshold (700) turns that into full passes over
+        # every agent several times a second, a tenth of a boot storm's CPU.
+        young, middle, old = gc.get_threshold()
+        if 0 < young < GC_YOUNG_THRESHOLD:
+            gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
     def power_on(self, serial: str, *, until_live: bool = False) -> SimDevice:
         device = self.devices[serial]
+        self._prepare_loop()
         if device.powered:
             return device
         device.error = ""
+        device.hardware.boot()  # a staged firmware or root file system takes over at power-on
         device.agent.live.clear()
         if device.live_at is not None:
             device.live_at = None
             self.progress.live -= 1
         device.task = asyncio.create_task(self._lifetime(device, until_live), name=f"device-{serial}")
         return device
+
+    def _power_request(self, serial: str, action: str) -> None:
+        """The device asked for a reboot or shutdown (a command did): cycle it from outside."""
+        task = asyncio.get_running_loop().create_task(self._cycle(serial, action))
+        self._power_tasks.add(task)
+        task.add_done_callback(self._power_tasks.discard)
+
+    async def _cycle(self, serial: str, action: str) -> None:
+        device = self.devices[serial]
+        device.reboots += action == "reboot"
+        await self.power_off(serial)
+        if action == "reboot":
+            await asyncio.sleep(self.reboot_delay)
+            self.power_on(serial)
 
     async def power_off(self, serial: str) -> None:
         device = self.devices[serial]
@@ -132,13 +243,26 @@ class Fleet:
     async def wait_live(self, timeout: float, serials: list[str] | None = None) -> list[SimDevice]:
         """Wait until every (named) device is live or has failed; return those not live."""
         targets = [self.devices[s] for s in serials] if serials else list(self.devices.values())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pending = [d for d in targets if not d.live and not d.error and d.powered]
-            if not pending:
-                break
-            await asyncio.sleep(0.05)
+        pending = {d.serial for d in targets if not d.live and not d.error and d.powered}
+        if pending:
+            # Each device reports once it is settled (live, failed or off): O(1) per device,
+            # where polling every device would cost O(fleet) per poll.
+            settled = asyncio.Event()
+            watcher = (pending, settled)
+            self._watchers.append(watcher)
+            try:
+                await asyncio.wait_for(settled.wait(), max(timeout, 0))
+            except TimeoutError:
+                pass
+            finally:
+                self._watchers.remove(watcher)
         return [d for d in targets if not d.live]
+
+    def _settled(self, serial: str) -> None:
+        for pending, event in self._watchers:
+            pending.discard(serial)
+            if not pending:
+                event.set()
 
     async def stop(self) -> None:
         tasks = [d.task for d in self.devices.values() if d.task is not None]
