@@ -58,6 +58,13 @@ class Context:
                                 str(sigversion or 384))
 
 
+async def _installing(ctx: Context) -> None:
+    """Let the install take the time the hardware models (simulated devices; 0 elsewhere)."""
+    seconds = float(getattr(ctx.hardware, "install_seconds", 0) or 0)
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
 def _need(value: str | None, what: str, command: str) -> str:
     if not value:
         raise HardwareError(400, f"{command}: {what} is required")
@@ -170,6 +177,7 @@ async def fota(cmd: FotaCommand, ctx: Context, *, stage_only: bool = False) -> O
     target = FirmwareInfo(vendor=running.vendor, version=cmd.biosversion, release_date=cmd.releasedate,
                           manufacturer=running.manufacturer, product=running.product)
     await ctx.notify("ota.installing", f"writing firmware {cmd.biosversion}")
+    await _installing(ctx)
     ctx.hardware.stage_firmware(image, target)
     shutil.rmtree(ctx.work_dir / "fota", ignore_errors=True)
     reboot = stage_only is False and (cmd.device_reboot or "yes").lower() not in ("no", "n", "false")
@@ -191,6 +199,7 @@ async def sota(cmd: SotaCommand, ctx: Context) -> Outcome:
         return Outcome(f"mender artifact {installed} installed; it runs after the reboot",
                        data={"log": [f"mender install {artifact.name}"]}, reboot=True)
     mode = cmd.mode or "full"
+    await _installing(ctx)
     changed = pm.update(mode, list(cmd.packages) or None)
     log_lines = [f"apt-get ({mode}): {line}" for line in changed] or [f"apt-get ({mode}): nothing to do"]
     if cmd.logs_to_file:

@@ -44,6 +44,8 @@ class SimulatedHardware:
         self.software = {"docker", "trtl", "inbm-telemetry", "fleetrig-agent"}
         self.power_hook: PowerHook | None = None
         self.boots = 0
+        #: Modelled time an install takes (firmware write, package install), in seconds.
+        self.install_seconds = 0.0
 
     def _storage_mb(self) -> int:
         return sum(d[1] for d in self.family.disks) // (1024 * 1024)
