@@ -162,7 +162,8 @@ async def test_refusals_and_the_device_still_works(bench):
     again = await bench.one(serial, "triggeraota", form)
     assert again["status"] == 401 and "IMAGE ALREADY PRESENT" in again["message"]
 
-    evil = await bench.upload("evil.tar.gz", tar_gz({"evil/../../escape.txt": b"x", "evil/docker-compose.yml": COMPOSE}))
+    evil_package = tar_gz({"evil/../../escape.txt": b"x", "evil/docker-compose.yml": COMPOSE})
+    evil = await bench.upload("evil.tar.gz", evil_package)
     traversal = await bench.one(serial, "triggeraota", {"app": "compose", "cmd": "up", "containerTag": "evil",
                                                         "fetch": evil})
     assert traversal["status"] == 400 and "escapes the folder" in traversal["message"]
