@@ -31,6 +31,20 @@ MIN_RSA_BITS = 3000
 HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 
 
+_CONTEXTS: dict[str | None, ssl.SSLContext] = {}
+
+
+def _context(ca_pem: str | None) -> ssl.SSLContext:
+    """One TLS context per CA for every download: building one reads the system CA store."""
+    context = _CONTEXTS.get(ca_pem)
+    if context is None:
+        context = ssl.create_default_context()
+        if ca_pem:
+            context.load_verify_locations(cadata=ca_pem)
+        _CONTEXTS[ca_pem] = context
+    return context
+
+
 def check_trusted(url: str, trusted: list[str]) -> None:
     """Refuse a fetch URL that does not start with a trusted repository entry."""
     parts = urlsplit(url)
@@ -46,9 +60,7 @@ def download(url: str, target_dir: Path, *, ca_pem: str | None = None, username:
     name = PurePosixPath(urlsplit(url).path).name
     if not name or name in (".", ".."):
         raise HardwareError(400, f"fetch URL {url} names no file")
-    context = ssl.create_default_context()
-    if ca_pem:
-        context.load_verify_locations(cadata=ca_pem)
+    context = _context(ca_pem)
     request = urllib.request.Request(url, headers={"User-Agent": "fleetrig-agent"})
     if username:
         token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()

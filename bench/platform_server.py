@@ -31,7 +31,7 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 
 
 async def serve(data_dir: Path, max_seconds: float, profile_out: str | None) -> None:
-    platform = Platform(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0))
+    platform = Platform(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0, repo_port=0))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
