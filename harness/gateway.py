@@ -193,6 +193,14 @@ class DeviceGateway:
                     telemetry.event(s, device, item.request, now)
                 elif item.kind == "online":
                     device.connectivity, device.last_seen = ONLINE, now
+                    identity = self.ctx.identities.get(item.serial)
+                    if identity is not None and identity.init_key_hash is not None and identity.cert_fingerprint:
+                        # First connection with the new credential: the init key is spent now.
+                        s.execute(update(Credential).where(Credential.device_id == device.id,
+                                                           Credential.revoked_at.is_(None),
+                                                           Credential.first_used_at.is_(None))
+                                  .values(first_used_at=now).execution_options(synchronize_session=False))
+                        identity_updates.append((item.serial, {"init_key_hash": None}))
                 elif item.kind == "offline":
                     device.connectivity, device.last_seen = OFFLINE, now
             if issued:
@@ -222,10 +230,14 @@ class DeviceGateway:
                 raise Refused("the device is not provisioned (or was disposed)")
             if key is None or key.device_id != device.id:
                 raise Refused("the init key does not belong to this device")
-            if key.used_at is not None:
-                raise Refused("the init key was used already")
             if key.revoked_at is not None:
                 raise Refused("the init key was replaced by a reissue")
+            identity = self.ctx.identities.get(device.serial)
+            if key.used_at is not None and (identity is None or identity.init_key_hash != key.key_hash):
+                # Spent: the device has connected with the credential this key got it. Until
+                # then a repeat is allowed, so a power cut between the platform's answer and
+                # the device storing it does not strand the device.
+                raise Refused("the init key was used already")
             cert = self.ctx.ca.sign_device_csr(item.request.csr_pem, device.serial)
         except Refused as exc:
             self.stats.registration_refused += 1
@@ -240,7 +252,7 @@ class DeviceGateway:
             device_id=device.id, cert_fingerprint=cert.fingerprint, cert_serial=cert.serial_number,
             token_hash=digest(token), not_after=cert.not_after,
         )
-        key.used_at = now
+        key.used_at = key.used_at or now
         device.auth_mode = item.request.auth
         if device.state == PROVISIONED:
             device.state = REGISTERED
@@ -248,8 +260,7 @@ class DeviceGateway:
         audit.record(s, f"device:{item.serial}", "device.register", item.serial,
                      cert_serial=cert.serial_number, auth=item.request.auth)
         updates.append((item.serial, {
-            "state": device.state, "init_key_hash": None,
-            "cert_fingerprint": cert.fingerprint, "token_hash": digest(token),
+            "state": device.state, "cert_fingerprint": cert.fingerprint, "token_hash": digest(token),
         }))
         self.stats.registered += 1
         return topic, wire.RegisterResponse(ok=True, certificate_pem=cert.pem, token=token).to_bytes()

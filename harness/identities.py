@@ -42,20 +42,20 @@ class Identities:
 
     def load(self, session: Session) -> int:
         table: dict[str, Identity] = {}
-        keys = dict(
-            session.execute(
-                select(InitKey.device_id, InitKey.key_hash).where(
-                    InitKey.used_at.is_(None), InitKey.revoked_at.is_(None)
-                )
-            ).all()
-        )
         creds = {
             row.device_id: row
             for row in session.execute(
-                select(Credential.device_id, Credential.cert_fingerprint, Credential.token_hash).where(
-                    Credential.revoked_at.is_(None)
-                )
+                select(Credential.device_id, Credential.cert_fingerprint, Credential.token_hash,
+                       Credential.first_used_at).where(Credential.revoked_at.is_(None))
             )
+        }
+        # A key is live until the device has connected with the credential it obtained.
+        keys = {
+            device_id: key_hash
+            for device_id, key_hash, used_at in session.execute(
+                select(InitKey.device_id, InitKey.key_hash, InitKey.used_at).where(InitKey.revoked_at.is_(None))
+            )
+            if used_at is None or (device_id in creds and creds[device_id].first_used_at is None)
         }
         for device_id, serial, state in session.execute(select(Device.id, Device.serial, Device.state)):
             cred = creds.get(device_id)

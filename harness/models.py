@@ -114,6 +114,8 @@ class Credential(Base):
     issued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     not_after: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
+    #: When the device first connected with this credential: from then on its init key is dead.
+    first_used_at: Mapped[dt.datetime | None]
 
 
 class Claim(Base):

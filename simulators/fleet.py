@@ -114,7 +114,7 @@ class Fleet:
         # default executor, and the agents write their state there; the stock pool (cpu + 4
         # threads) caps a fleet at a handful of handshakes in flight. More threads than about a
         # quarter of the devices in flight only add memory and GIL hand-offs.
-        self._connect_threads = int(os.environ.get("FT", 0)) or max(8, min(connect_concurrency // 16, 16))
+        self._connect_threads = max(8, min(connect_concurrency // 16, 16))
         self._on_change: Callable[[FleetProgress], None] | None = None
         self._ca_pems: dict[str, str] = {}
         self._prepared_loop: asyncio.AbstractEventLoop | None = None

@@ -114,3 +114,37 @@ async def test_reboot_with_stored_credentials_and_spent_key(fleetrig_platform, f
     await wait_for(lambda: not device.powered, timeout=20)
     assert "refused the init key" in device.error and "reissue RB-0001" in device.error
     await fleet.stop()
+
+
+async def test_power_cut_during_first_boot_does_not_strand_the_device(fleetrig_platform, fleetrig_catalog, tmp_path):
+    """The platform answered, the device lost power before storing the answer: it registers again."""
+    from agent import wire
+    from agent.identity import new_key_and_csr
+    from tests.conftest import connect_refused, mqtt_client, tls_context
+
+    envs = await asyncio.to_thread(provision, fleetrig_platform, fleetrig_catalog, ["PC-001"])
+    env = envs["PC-001"]
+    lost_key, csr = new_key_and_csr("PC-001")
+    async with mqtt_client(env, client_id="PC-001", username="PC-001", password="init:" + env.init_key) as c:
+        await c.subscribe(wire.topic("PC-001", wire.REGISTER_RESPONSE), qos=1)
+        await c.publish(wire.topic("PC-001", wire.REGISTER_REQUEST), wire.RegisterRequest(csr).to_bytes(), qos=1)
+        async with asyncio.timeout(10):
+            async for message in c.messages:
+                first = wire.RegisterResponse.parse(message.payload)
+                break
+    assert first.ok  # ... and then the power went out: nothing was stored on the device.
+
+    fleet = await boot(envs, tmp_path / "devices")
+    shown = await asyncio.to_thread(fleetrig_platform.client.device, "PC-001")
+    assert shown["state"] == "registered" and shown["connectivity"] == "online"
+    assert [c["revoked_at"] is not None for c in shown["credentials"]] == [True, False]
+    # The credential of the interrupted exchange is dead, and so is the init key now.
+    (tmp_path / "lost.crt").write_text(first.certificate_pem)
+    (tmp_path / "lost.key").write_text(lost_key)
+    refused = await connect_refused(mqtt_client(env, client_id="PC-001", username="PC-001",
+                                                tls=tls_context(env, tmp_path / "lost.crt", tmp_path / "lost.key")))
+    assert "authori" in refused.lower()
+    refused = await connect_refused(mqtt_client(env, client_id="PC-001", username="PC-001",
+                                                password="init:" + env.init_key))
+    assert "authori" in refused.lower()
+    await fleet.stop()
