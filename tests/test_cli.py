@@ -159,3 +159,57 @@ def test_usage_errors_exit_2(served):
 
 def _api(data_dir: Path) -> str:
     return json.loads((data_dir / "platform.json").read_text())["api_url"]
+
+
+def test_device_management_through_the_cli(served, tmp_path):
+    out = tmp_path / "out"
+    assert run("pms", "provisioning", "provision", "MGT-001", "--customer", "ACME", "--part", "evk",
+               "--output-dir", str(out), data_dir=served).returncode == 0
+    device = subprocess.Popen(
+        [*FLEETRIG, "sim", "device", "--agent-env", str(out / "MGT-001" / "agent.env"), "--state-dir",
+         str(tmp_path / "state"), "--family", "x86"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shown = run("pms", "device", "show", "MGT-001", "--json", data_dir=served)
+            if json.loads(shown.stdout).get("connectivity") == "online":
+                break
+            time.sleep(0.3)
+        done = run("config", "set", "MGT-001", "maxCacheSize:149", "--wait", data_dir=served)
+        assert done.returncode == 0, done.stderr
+        line = json.loads(done.stdout.strip().splitlines()[0])
+        assert line["serial"] == "MGT-001" and line["status"] == 200 and line["job_id"]
+        got = run("config", "get", "MGT-001", "maxCacheSize", "--wait", data_dir=served)
+        assert json.loads(got.stdout)["data"] == {"maxCacheSize": "149"}
+        bad = run("config", "set", "MGT-001", "maxCacheSize:many", "--wait", data_dir=served)
+        assert bad.returncode == 1 and "whole number" in bad.stderr
+
+        package = tmp_path / "fw.bin"
+        package.write_bytes(b"\x7f" * 4096)
+        url = run("repo", "add", str(package), data_dir=served)
+        assert url.returncode == 0 and url.stdout.strip().startswith("https://")
+        key = tmp_path / "signer.key"
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+        key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        signature = run("sign", str(package), "--key", str(key))
+        assert signature.returncode == 0 and len(signature.stdout.strip()) == 768  # 3072 bits, hex
+
+        job = run("power", "reboot", "MGT-001", "--json", data_dir=served)
+        assert job.returncode == 0
+        job_id = json.loads(job.stdout)["id"]
+        shown = json.loads(run("job", "show", job_id, "--wait", "--json", data_dir=served).stdout)
+        assert shown["done"] and shown["results"][0]["status"] == 200
+        events = json.loads(run("events", "MGT-001", "--json", data_dir=served).stdout)
+        assert any(e["kind"] == "job.succeeded" for e in events)
+        telemetry = json.loads(run("telemetry", "MGT-001", "--json", data_dir=served).stdout)
+        assert telemetry["static"]["product"] == "NUC8i5BEK"
+        refused = run("decommission", "MGT-001", data_dir=served)
+        assert refused.returncode == 1 and "confirm with --yes" in refused.stderr
+    finally:
+        device.send_signal(signal.SIGTERM)
+        output, _ = device.communicate(timeout=30)
+    assert "MGT-001 rebooting" in output and output.count("powered on") == 2

@@ -40,19 +40,20 @@ def device(
         env = load_agent_env(agent_env)
     except AgentEnvError as exc:
         fail(f"agent.env refused: {exc}")
-    agent = Agent(env, StateDir(state_dir), SimulatedHardware(family, env.serial))
+    hardware = SimulatedHardware(family, env.serial)
+    agent = Agent(env, StateDir(state_dir), hardware)
     try:
-        asyncio.run(_run(agent, until is not None, timeout))
+        asyncio.run(_run(agent, hardware, until is not None, timeout))
     except AgentError as exc:
         fail(str(exc))
 
 
-async def _run(agent: Agent, until_live: bool, timeout: float) -> None:
+async def _run(agent: Agent, hardware: SimulatedHardware, until_live: bool, timeout: float) -> None:
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(agent.run(until_live=until_live))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
     if until_live:
+        task = asyncio.create_task(agent.run(until_live=True))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
@@ -63,7 +64,25 @@ async def _run(agent: Agent, until_live: bool, timeout: float) -> None:
             fail(f"{agent.serial} not live after {timeout:.0f}s: {reason}")
         print(f"{agent.serial} registered and live", flush=True)
         return
-    print(f"{agent.serial} powered on", flush=True)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Powered on until a signal or a shutdown command; a reboot command cycles the agent.
+    while True:
+        requested: list[str] = []
+        task = asyncio.create_task(agent.run())
+
+        def power(action: str, task: asyncio.Task[None] = task, requested: list[str] = requested) -> None:
+            requested.append(action)
+            task.cancel()
+
+        hardware.power_hook = power
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        print(f"{agent.serial} powered on", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if requested[-1:] != ["reboot"]:
+            break
+        print(f"{agent.serial} rebooting", flush=True)
+        await asyncio.sleep(0.5)
+        hardware.boot()
+        agent.live.clear()
     print(f"{agent.serial} powered off", flush=True)
