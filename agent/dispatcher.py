@@ -98,8 +98,8 @@ class Dispatcher:
                 action = command.action
                 return Answer(wire.RpcResult(200, f"{action}: going offline", job), self._power(action))
             if isinstance(command, DecommissionCommand):
-                return Answer(wire.RpcResult(200, "decommission: credentials removed; shutting down", job),
-                              self._decommission())
+                return Answer(wire.RpcResult(200, "decommission: credentials removed; shutting down", job,
+                                             {"action": "decommission"}), self._decommission())
         except HardwareError as exc:
             return Answer(wire.RpcResult(exc.status, str(exc), job))
         return Answer(wire.RpcResult(301, f"{type(command).__name__} is not supported", job))

@@ -229,7 +229,8 @@ class JobEngine:
         if target.state in (SUCCEEDED, FAILED):
             return []  # a late answer after a timeout, or a duplicate
         self._close(s, target, result.status, result.message, result.data, now)
-        if target.job.method == "decommission_device" and result.status == 200:
+        said = isinstance(result.data, dict) and result.data.get("action") == "decommission"
+        if result.status == 200 and (target.job.method == "decommission_device" or said):
             return [self._decommission(s, device, now)]
         return []
 

@@ -268,3 +268,36 @@ async def test_signed_packages(fleetrig_platform, fleetrig_catalog, tmp_path):
     good = await bench.one("SIG-001", "triggeraota", {**form, "signature": sign(package, key)})
     assert good["status"] == 200, good
     await fleet.stop()
+
+
+async def test_cases_json_through_the_broker(bench):
+    root = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "inbm"
+    if not root.is_dir():
+        pytest.skip(f"conformance data not found at {root} (it lives beside the project, in ../shared)")
+    import json
+
+    cases = json.loads((root / "cases.json").read_text())["cases"]
+    serial = FAMILY_SERIAL["x86"]
+    device = bench.fleet.devices[serial]
+    for case in cases:
+        name = case["manifest"]
+        result = await bench.one(serial, "triggerota", {"manifest": (root / "manifests" / name).read_text()})
+        assert result["status"] == case["expect_status"], (name, result)
+        if name.endswith("CONFIG_SET_SUCCESS.xml"):
+            got = await bench.one(serial, "triggerconfig", {"cmd": "get", "path": "maxCacheSize"})
+            assert got["data"] == {"maxCacheSize": "149"}
+        elif name.endswith("CONFIG_APPEND.xml"):
+            assert "htpps://dummyURL.com" in device.agent.manager.config.list("trustedRepositories")
+        elif name.endswith("CONFIG_REMOVE.xml"):
+            assert "htpps://dummyURL.com" not in device.agent.manager.config.list("trustedRepositories")
+        elif name.endswith("FOTA_BAD_NONMATCHING.xml"):
+            assert device.hardware.staged is None and "product 'invalidproduct'" in result["message"]
+        elif name.endswith("REBOOT_GOOD.xml"):
+            await wait_for(lambda: device.reboots == 1 and device.agent.connects == 2 and device.live)
+            await wait_for(lambda: bench.client.device(serial)["connectivity"] == "online")
+        elif name.endswith("DECOMMISSION.xml"):
+            await wait_for(lambda: not device.powered)
+            assert (await bench.device(serial))["state"] == "decommissioned"
+            bench.fleet.power_on(serial)
+            await wait_for(lambda: not device.powered)
+            assert device.error
