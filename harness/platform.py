@@ -26,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from harness import telemetry
 from harness.api import create_app
 from harness.broker import BrokerHooks, FleetBroker, broker_config
 from harness.context import PlatformContext
@@ -66,6 +67,8 @@ class PlatformConfig:
     #: HTTP basic auth for the package repository (the seed's server username/password).
     repo_user: str | None = None
     repo_password: str | None = None
+    #: Days of telemetry and device events kept; older rows are pruned hourly.
+    retention_days: int = telemetry.DEFAULT_RETENTION_DAYS
 
 
 def read_operator_token(data_dir: Path) -> str:
@@ -99,6 +102,7 @@ class Platform:
         self.jobs: JobEngine | None = None
         self.store: PackageStore | None = None
         self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+        self._retention: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -175,10 +179,24 @@ class Platform:
         self.jobs = JobEngine(self.ctx, self.broker.publish, self.broker.is_connected)
         self.gateway.jobs = self.jobs
         await self.jobs.start()
+        self._retention = asyncio.create_task(self._prune_forever())
         http_port = await self._serve(create_app(self), http_port, what="REST API")
         self.api_url = f"http://{_url_host(self.config.host)}:{http_port}"
         self._save_state(http_port=http_port, mqtts_port=mqtts_port, repo_port=repo_port)
         log.info("platform up: %s, %s, %d identities", self.api_url, self.broker_url, count)
+
+    async def _prune_forever(self) -> None:
+        """Telemetry and event retention: prune at start, then every hour."""
+        assert self.ctx is not None
+        while True:
+            try:
+                removed = await asyncio.to_thread(telemetry.prune, self.ctx, self.config.retention_days)
+                if removed:
+                    log.info("retention: removed %d telemetry rows older than %d days", removed,
+                             self.config.retention_days)
+            except Exception:
+                log.exception("telemetry retention failed")
+            await asyncio.sleep(3600)
 
     async def _serve(self, app: Any, port: int, *, what: str, certfile: Path | None = None,
                      keyfile: Path | None = None) -> int:
@@ -211,6 +229,9 @@ class Platform:
         (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     async def stop(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
         for server, task in self._servers:
             server.should_exit = True
             await asyncio.gather(task, return_exceptions=True)

@@ -82,3 +82,22 @@ async def test_batch_command_to_500_devices(fleetrig_platform, fleetrig_catalog,
     assert done["counts"]["succeeded"] == 500, [r for r in done["results"] if r["status"] != 200][:3]
     assert all(fleet.devices[s].hardware.packages.cache for s in serials)
     await fleet.stop()
+
+
+def test_retention_prunes_old_rows(fleetrig_platform, fleetrig_catalog):
+    import datetime as dt
+
+    from harness import telemetry
+    from harness.models import DeviceEventRecord, utcnow
+
+    provision(fleetrig_platform, fleetrig_catalog, ["RT-001"])
+    with fleetrig_platform.ctx.registry.session() as s:
+        device = s.scalar(select(Device).where(Device.serial == "RT-001"))
+        old, new = utcnow() - dt.timedelta(days=40), utcnow() - dt.timedelta(days=1)
+        for i, at in enumerate((old, new)):
+            s.add(TelemetryRecord(device_id=device.id, at=at, seq=i + 1, values={"cpu_percent": 1.0}))
+            s.add(DeviceEventRecord(device_id=device.id, at=at, kind="test", message="x"))
+    assert telemetry.prune(fleetrig_platform.ctx, 30) == 1
+    shown = fleetrig_platform.client.telemetry("RT-001")
+    assert [d["seq"] for d in shown["dynamic"]] == [2]
+    assert len(fleetrig_platform.client.events("RT-001")) == 1
