@@ -137,7 +137,9 @@ class AgentConfig:
         try:
             text = self.path.read_bytes()
         except FileNotFoundError:
-            self.values = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+            # Shared until the first change: every change builds a new dict (see _commit), and
+            # no list in it is ever changed in place.
+            self.values = DEFAULTS
             return
         try:
             self.values = parse_config(text)

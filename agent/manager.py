@@ -36,15 +36,22 @@ class DeviceManager:
         self.serial = env.serial
         self.config = AgentConfig(state.root)
         self.telemetry = Telemetry(hardware, self.config, env.serial)
-        self.dispatcher = Dispatcher(
-            hardware, self.config, state.root / "work", ca_pem=env.ca_cert_pem,
-            signature_cert=env.signature_cert_pem, repo_url=env.repo_url, notify=self.notify,
-            decommission=self._decommission,
-        )
+        self._dispatcher: Dispatcher | None = None
         self.decommissioned = False
         self._on_decommission = on_decommission
         self._publish: Publish | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Made at the first command: most simulated devices of a load test never get one."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(
+                self.hardware, self.config, self.state.root / "work", ca_pem=self.env.ca_cert_pem,
+                signature_cert=self.env.signature_cert_pem, repo_url=self.env.repo_url, notify=self.notify,
+                decommission=self._decommission,
+            )
+        return self._dispatcher
 
     # -- connection -------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class Telemetry:
         self.hardware = hardware
         self.config = config
         self.serial = serial
-        self.samples: list[dict[str, Any]] = []
+        self.samples: list[tuple[Any, ...]] = []
         self.unacked: OrderedDict[int, bytes] = OrderedDict()
         self.seq = 0
         self.dropped = 0
@@ -42,30 +42,31 @@ class Telemetry:
             self._trim()
             self._wake.set()
 
-    def sample(self) -> dict[str, Any]:
-        reading = self.hardware.resources()
-        sample: dict[str, Any] = {
-            "ts": round(time.time(), 3),
-            "available_memory_mb": reading.free_memory_mb,
-            "core_temp_c": reading.core_temp_c,
-            "percent_disk_used": reading.disk_used_percent,
-            "cpu_percent": reading.cpu_percent,
-            "network": reading.network,
-            "container_stats": self.hardware.containers.stats(),
-        }
-        if reading.battery_percent is not None:
-            sample["battery_percent"] = reading.battery_percent
-        return sample
-
     def collect(self) -> None:
-        self.samples.append(self.sample())
+        """Read one sample. Kept as a tuple until published: a device holds up to five a cycle."""
+        r = self.hardware.resources()
+        self.samples.append((round(time.time(), 3), r.free_memory_mb, r.core_temp_c, r.disk_used_percent,
+                             r.cpu_percent, r.battery_percent))
 
     def seal(self) -> bytes | None:
-        """Turn the samples since the last publish into one cached message."""
+        """Turn the samples since the last publish into one cached message.
+
+        Network counters and container stats are read once, at publishing time, and go with the
+        newest sample.
+        """
         if not self.samples:
             return None
+        samples: list[dict[str, Any]] = []
+        for ts, memory, temp, disk, cpu, battery in self.samples:
+            sample: dict[str, Any] = {"ts": ts, "available_memory_mb": memory, "core_temp_c": temp,
+                                      "percent_disk_used": disk, "cpu_percent": cpu}
+            if battery is not None:
+                sample["battery_percent"] = battery
+            samples.append(sample)
+        samples[-1]["network"] = self.hardware.resources().network
+        samples[-1]["container_stats"] = self.hardware.containers.stats()
         self.seq += 1
-        payload = wire.encode({"v": wire.PROTOCOL_VERSION, "seq": self.seq, "samples": self.samples,
+        payload = wire.encode({"v": wire.PROTOCOL_VERSION, "seq": self.seq, "samples": samples,
                                "dropped": self.dropped})
         self.samples = []
         self.unacked[self.seq] = payload

@@ -9,13 +9,13 @@ fails. Storage is charged for every image, so diagnostics see it fill up.
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.hardware import HardwareError
+from simulators.families import Noise
 
 #: Images the modelled registry can serve, with their sizes in MB.
 REGISTRY: dict[str, int] = {
@@ -83,7 +83,7 @@ class SimulatedContainerRuntime:
     images_: dict[str, int] = field(default_factory=dict)  # reference -> size MB
     containers_: dict[str, dict[str, Any]] = field(default_factory=dict)
     stacks: dict[str, Stack] = field(default_factory=dict)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: Noise = field(default_factory=lambda: Noise(1))
 
     def used_mb(self) -> int:
         return sum(self.images_.values())

@@ -67,6 +67,33 @@ def _seed(serial: str) -> int:
     return int.from_bytes(hashlib.sha256(serial.encode()).digest()[:8], "big")
 
 
+class Noise:
+    """A device's own small random source (xorshift64*): readings that wander, repeatably.
+
+    random.Random keeps 2.5 KiB of state per instance; thousands of simulated devices each need
+    only a few numbers a minute, so 8 bytes of state do.
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: int) -> None:
+        self.state = (seed & 0xFFFFFFFFFFFFFFFF) or 0x9E3779B97F4A7C15
+
+    def random(self) -> float:
+        x = self.state
+        x ^= (x >> 12)
+        x ^= (x << 25) & 0xFFFFFFFFFFFFFFFF
+        x ^= (x >> 27)
+        self.state = x
+        return ((x * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF) / 2.0**64
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
+
+    def randint(self, low: int, high: int) -> int:
+        return low + int(self.random() * (high - low + 1))
+
+
 _FAKER = Faker()
 
 

@@ -10,14 +10,13 @@ fleet runner cycles the agent on reboot and stops it on shutdown). Tests turn th
 from __future__ import annotations
 
 import datetime as dt
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent.hardware import FirmwareInfo, HardwareError, Resources
 from simulators.containers import SimulatedContainerRuntime
-from simulators.families import Family, _seed, family, initial_firmware, static_facts
+from simulators.families import Family, Noise, _seed, family, initial_firmware, static_facts
 from simulators.packages import SimulatedPackageManager
 
 PowerHook = Callable[[str], None]
@@ -30,7 +29,7 @@ class SimulatedHardware:
         self.family: Family = family(family_name)
         self.serial = serial
         self._facts = static_facts(self.family, serial)
-        self.rng = random.Random(_seed(serial))
+        self.rng = Noise(_seed(serial))
         self.firmware = firmware or initial_firmware(self.family, serial)
         self.firmware_date = dt.date.fromisoformat(self._facts["bios_release_date"])
         self.staged: tuple[FirmwareInfo, str] | None = None
