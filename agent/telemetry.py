@@ -11,7 +11,6 @@ follow configuration changes at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,13 +33,14 @@ class Telemetry:
         self.seq = 0
         self.dropped = 0
         self.published = 0
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None
         config.on_change(self._config_changed)
 
     def _config_changed(self, keys: set[str]) -> None:
         if keys & {"collectionIntervalSeconds", "publishIntervalSeconds", "maxCacheSize"}:
             self._trim()
-            self._wake.set()
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)  # new intervals apply now, not after the old one
 
     def collect(self) -> None:
         """Read one sample. Kept as a tuple until published: a device holds up to five a cycle."""
@@ -108,6 +108,17 @@ class Telemetry:
                         self.published += 1
                     except Exception:  # lost connection: the message stays cached, resent on reconnect
                         pass
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.int("collectionIntervalSeconds"))
+            # A bare future and a timer: waiting costs no task of its own per device.
+            loop = asyncio.get_running_loop()
+            self._wake = wake = loop.create_future()
+            timer = loop.call_later(self.config.int("collectionIntervalSeconds"), _wake_up, wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+                self._wake = None
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
