@@ -35,9 +35,9 @@ from agent.manifest import (
     QueryCommand,
     SotaCommand,
     SourceCommand,
-    manifest_from_rpc,
     parse_manifest,
 )
+from agent.rpc_forms import manifest_from_rpc
 
 log = logging.getLogger("fleetrig.agent.dispatcher")
 
