@@ -301,3 +301,83 @@ async def test_cases_json_through_the_broker(bench):
             bench.fleet.power_on(serial)
             await wait_for(lambda: not device.powered)
             assert device.error
+
+
+async def test_config_load_pota_docker_load_and_stats(bench):
+    serial = FAMILY_SERIAL["imx"]
+    device = bench.fleet.devices[serial]
+    conf = (b"<configurations><telemetry><maxCacheSize>42</maxCacheSize></telemetry>"
+            b"<dispatcher><trustedRepositories>https://mirror.example.com/</trustedRepositories></dispatcher>"
+            b"</configurations>")
+    url = await bench.upload("intel_manageability.conf", conf)
+    loaded = await bench.one(serial, "triggerconfig", {"cmd": "load", "fetch": url})
+    assert loaded["status"] == 200, loaded
+    assert device.agent.manager.config.int("maxCacheSize") == 42
+    assert device.agent.manager.config.list("trustedRepositories") == ["https://mirror.example.com/"]
+    bomb = await bench.upload("bomb.conf", b'<!DOCTYPE c [<!ENTITY a "aaaa">]><configurations>&a;</configurations>')
+    refused = await bench.one(serial, "triggerconfig", {"cmd": "load", "fetch": bomb})
+    assert refused["status"] == 400 and "DTDs and entities" in refused["message"]
+    assert device.agent.manager.config.int("maxCacheSize") == 42
+
+    image = await bench.upload("sensor.tar.gz", tar_gz({"sensor/layer.tar": b"layer" * 50}))
+    result = await bench.one(serial, "triggeraota", {"app": "docker", "cmd": "load", "containerTag": "sensor",
+                                                     "fetch": image})
+    assert result["status"] == 200 and "sensor:latest" in device.hardware.containers.images_
+    up = await bench.upload("edge.tar.gz", tar_gz({"edge/docker-compose.yml": COMPOSE}))
+    assert (await bench.one(serial, "triggeraota", {"app": "compose", "cmd": "up", "containerTag": "edge",
+                                                    "fetch": up}))["status"] == 200
+    stats = await bench.one(serial, "triggeraota", {"app": "docker", "cmd": "stats", "containerTag": "x"})
+    assert {c["image"] for c in stats["data"]["containers"]} == {"nginx:1.27", "redis:7"}
+
+    facts = (await bench.device(serial))["facts"]
+    newer = (dt.date.fromisoformat(facts["bios_release_date"]) + dt.timedelta(days=1)).isoformat()
+    firmware = await bench.upload("fw.bin", b"\x7fFW" * 300)
+    rootfs = await bench.upload("rootfs-imx-7.mender", b"MENDER" * 100)
+    manifest = f"""<?xml version="1.0" encoding="UTF-8"?>
+<manifest><type>ota</type><ota><header><type>pota</type><repo>remote</repo></header><type><pota>
+<fota name="sample"><fetch>{firmware}</fetch><biosversion>imx-pota-1</biosversion>
+<manufacturer>{facts["manufacturer"]}</manufacturer><product>{facts["product"]}</product>
+<vendor>{facts["bios_vendor"]}</vendor><releasedate>{newer}</releasedate></fota>
+<sota><cmd logtofile="y">update</cmd><mode>full</mode><fetch>{rootfs}</fetch></sota>
+</pota></type></ota></manifest>"""
+    result = await bench.one(serial, "triggerota", {"manifest": manifest})
+    assert result["status"] == 200, result
+    await wait_for(lambda: device.reboots == 1 and device.agent.connects == 2 and device.live)
+    assert device.hardware.firmware == "imx-pota-1" and device.hardware.packages.rootfs_version == "rootfs-imx-7"
+
+
+async def test_repository_basic_auth(fleetrig_catalog, tmp_path):
+    from harness.client import Client
+    from harness.platform import PlatformConfig, PlatformThread
+
+    thread = PlatformThread(PlatformConfig(data_dir=tmp_path / "p", http_port=0, mqtts_port=0, repo_port=0,
+                                           repo_user="ota", repo_password="s3cret"))
+    platform = await asyncio.to_thread(thread.start)
+    client = Client(platform.api_url, platform.token)
+    try:
+        await asyncio.to_thread(client.add_customer, "ACME", "acme-auth")
+        await asyncio.to_thread(client.add_part, "evk")
+        await asyncio.to_thread(client.add_model, "evk-a", "evk")
+        report = await asyncio.to_thread(client.provision, ["AUTH-001"], customer="ACME", part="evk")
+        from agent.env import parse_agent_env
+
+        fleet = await boot({"AUTH-001": parse_agent_env(report["results"][0]["agent_env"])}, tmp_path / "d")
+        package = tmp_path / "app.tar.gz"
+        package.write_bytes(tar_gz({"app/docker-compose.yml": COMPOSE}))
+        url = (await asyncio.to_thread(client.add_package, package))["url"]
+        form = {"app": "compose", "cmd": "up", "containerTag": "app", "fetch": url}
+
+        async def one(params: dict) -> dict:
+            job = await asyncio.to_thread(client.create_job, "triggeraota", params, serials=["AUTH-001"])
+            return (await asyncio.to_thread(client.wait_job, job["id"], 60))["results"][0]
+
+        denied = await one(form)
+        assert denied["status"] == 400 and "refused the download (401)" in denied["message"]
+        wrong = await one({**form, "username": "ota", "password": "guess"})
+        assert wrong["status"] == 400
+        good = await one({**form, "username": "ota", "password": "s3cret"})
+        assert good["status"] == 200, good
+        await fleet.stop()
+    finally:
+        client.close()
+        await asyncio.to_thread(thread.stop)
