@@ -12,7 +12,9 @@ runs thousands of them on one event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -115,8 +117,61 @@ class DeviceTlsContext:
             return self._shared.wrap_socket(sock, **kwargs)
 
 
+class _NoJoin:
+    """Stands in for asyncio.Queue's join() event on a queue nobody joins."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+_NO_JOIN = _NoJoin()
+
+
+class _MessageQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """aiomqtt's incoming-message queue without what an unbounded, never-joined queue never uses.
+
+    A put on an unbounded queue never waits and aiomqtt never calls join(), so the put
+    waiters and join()'s event (a deque each, ~600 bytes) are shared placeholders.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        if maxsize <= 0:
+            self._putters = ()
+            self._finished = _NO_JOIN
+
+    async def join(self) -> None:
+        raise NotImplementedError("nobody joins an agent's message queue")
+
+
+class _Flag(asyncio.Event):
+    """asyncio.Event that makes its waiter deque (~600 bytes) only when someone waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = ()  # type: ignore[assignment]
+
+    async def wait(self) -> bool:
+        if not self._value and not isinstance(self._waiters, collections.deque):
+            self._waiters = collections.deque()
+        return await super().wait()
+
+
+#: Put in a client's message queue when its connection is gone: wakes the reader.
+_GONE = object()
+
+
+def _wake_reader(queue: asyncio.Queue, _future: asyncio.Future) -> None:  # type: ignore[type-arg]
+    queue.put_nowait(_GONE)
+
+
 class _Client(aiomqtt.Client):
-    """aiomqtt's Client with two costs of many clients in one process taken out.
+    """aiomqtt's Client with the costs of many clients in one process taken out.
 
     * paho binds every socket to ("", 0) before it connects, and a bind to port 0 makes the
       kernel search the ephemeral ports for one that no socket (TIME_WAIT ones included) is
@@ -127,21 +182,66 @@ class _Client(aiomqtt.Client):
       devices on one loop that is thousands of wake-ups a second for a ping due once a minute.
       A quarter keepalive (1-15 s) still sends the ping before 1.25 keepalives, within the 1.5
       the broker allows [MQTT-3.1.2-24].
+    * a packet is written as soon as it is queued when that happens on the loop's thread
+      (aiomqtt registers a writer for each one: a self-pipe write, two epoll changes and a
+      loop iteration per packet);
+    * `next_message()` reads the queue directly (`messages` makes a task and an asyncio.wait
+      per message, and keeps one of each per idle client): the end of the connection is a
+      marker in the queue.
+    * `release()` drops paho after the session: aiomqtt and paho reference each other (paho's
+      callbacks are aiomqtt's bound methods), so a closed client otherwise waits for the
+      cyclic garbage collector, and a fleet closes one per first boot.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("queue_type", _MessageQueue)
         super().__init__(*args, **kwargs)
+        self._loop_thread = threading.get_ident()
         mqtt = self._client
         if not self._bind_address and not self._bind_port:
+            mqtt._create_socket_connection = functools.partial(  # type: ignore[method-assign]
+                socket.create_connection, (self._hostname, self._port), timeout=mqtt._connect_timeout
+            )
 
-            def connect_unbound() -> socket.socket:
-                return socket.create_connection((mqtt._host, mqtt._port), timeout=mqtt._connect_timeout)
+    async def __aenter__(self) -> _Client:
+        await super().__aenter__()
+        self._disconnected.add_done_callback(functools.partial(_wake_reader, self._queue))
+        return self
 
-            mqtt._create_socket_connection = connect_unbound  # type: ignore[method-assign]
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # paho has a packet to send. aiomqtt always registers a writer for it, from any thread
+        # (call_soon_threadsafe: a self-pipe write, two epoll changes, a loop iteration). On the
+        # loop's own thread, outside paho's callbacks (paho's own rule for writing at once),
+        # write now; register the writer only for what the socket did not take.
+        if threading.get_ident() == self._loop_thread and client._in_callback_mutex.acquire(False):
+            client._in_callback_mutex.release()
+            try:
+                client.loop_write()
+            except Exception as exc:  # as aiomqtt's writer callback: the connection is broken
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+                return
+            if not client.want_write():
+                return
+        super()._on_socket_register_write(client, userdata, sock)
+
+    async def next_message(self) -> aiomqtt.Message:
+        """The next message; MqttError once the connection is gone and the queue is empty."""
+        message = await self._queue.get()
+        if message is _GONE:
+            self._queue.put_nowait(_GONE)  # every later call fails the same way
+            raise aiomqtt.MqttError("Disconnected during message iteration") from self._disconnected.exception()
+        return message
+
+    def release(self) -> None:
+        task, self._misc_task = self._misc_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self._client = None  # type: ignore[assignment]
 
     async def _misc_loop(self) -> None:
         interval = min(max(self._keepalive / 4, 1.0), 15.0)
-        while self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+        while (mqtt := self._client) is not None and mqtt.loop_misc() == paho.MQTT_ERR_SUCCESS:
             await asyncio.sleep(interval)
 
 
@@ -176,7 +276,7 @@ class Agent:
         #: Called (on the loop) each time the device becomes live, right after `live` is set.
         self.on_live = on_live
         self.serial = env.serial
-        self.live = asyncio.Event()
+        self.live: asyncio.Event = _Flag()
         self.connected = False
         self.connects = 0
         self.last_error: str = ""
@@ -234,7 +334,7 @@ class Agent:
     # -- first boot ---------------------------------------------------------------------------
 
     def _client_for(self, password: str | None, tls_context: ssl.SSLContext | None,
-                    will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+                    will: aiomqtt.Will | None = None) -> _Client:
         return _Client(
             self.env.broker_host,
             self.env.broker_port,
@@ -265,9 +365,8 @@ class Agent:
                     qos=1,
                 )
                 async with asyncio.timeout(self.ack_timeout * 3):
-                    async for message in client.messages:
-                        response = wire.RegisterResponse.parse(message.payload)
-                        break
+                    message = await client.next_message()
+                response = wire.RegisterResponse.parse(message.payload)
         except aiomqtt.MqttCodeError as exc:
             if isinstance(exc, MqttConnectError) and _code(exc) in _REFUSED_CODES:
                 raise InitKeyRefused(
@@ -276,6 +375,8 @@ class Agent:
                     f"'fleetrig pms provisioning reissue {self.serial}' and place the new agent.env"
                 ) from None
             raise
+        finally:
+            client.release()
         if response is None:
             raise TimeoutError("the broker closed the registration session before the platform answered")
         if not response.ok:
@@ -325,8 +426,10 @@ class Agent:
                     "(it was disposed or decommissioned); it cannot connect again"
                 ) from None
             raise
+        finally:
+            client.release()
 
-    async def _announce(self, client: aiomqtt.Client) -> None:
+    async def _announce(self, client: _Client) -> None:
         """Publish a Birth and wait for the platform's Ack; resend on silence."""
         self._seq += 1
         birth = wire.Birth(self._seq, self.hardware.firmware_version(), self.hardware.facts(), self._boot_id)
@@ -346,8 +449,9 @@ class Agent:
             return
         raise TimeoutError(f"no acknowledgement of the birth message in {3 * self.ack_timeout:.0f}s")
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+    async def _read(self, client: _Client) -> None:
+        while True:
+            message = await client.next_message()
             name = str(message.topic)
             try:
                 _, suffix = wire.split_topic(name)

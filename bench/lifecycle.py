@@ -22,7 +22,12 @@ claims them all. It prints one figure per line:
     first_boot_*_cpu_ms_per_device the same, as CPU milliseconds per device
     platform_rss_mib               the platform process's RSS with the fleet live
 
-Every wait is bounded; the platform process is stopped at the end whatever happens.
+The first boot is timed from before the fleet is built (Fleet, one Agent per agent.env) to the
+last device live. The devices' state dirs go to a temporary dir on /dev/shm when there is one
+(--state-root to choose): their four small files per device cost 1-4 ms of kernel time each on
+this kind of VM disk, which would measure the host's file system, not the platform. The
+baseline runs after the fleet is off, in a process of its own, with the devices' serials and
+tokens. Every wait is bounded; the platform process is stopped at the end whatever happens.
 """
 
 from __future__ import annotations

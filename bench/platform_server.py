@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 import threading
@@ -67,8 +66,6 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="cProfile the platform's loop thread into FILE")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="platform: %(levelname)s %(name)s: %(message)s")
-    if os.environ.get("SWI"):
-        sys.setswitchinterval(float(os.environ["SWI"]))
     asyncio.run(serve(args.data_dir, args.max_seconds, args.profile))
 
 

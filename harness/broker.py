@@ -12,6 +12,9 @@ measured on a fleet of thousands of sessions (amqtt is pinned exactly for this):
   whatever the log level: O(all sessions) per SUBSCRIBE);
 * authentication and topic checks call the plugins directly instead of through one task per
   plugin per check;
+* no keepalive timers in the broker's protocol handler, whose timeout handlers do nothing;
+* plugin events call the handlers in line, and queued messages are delivered without a task
+  and an asyncio.wait each;
 * a published message is matched only against the subscriptions that can match it (an
   index by literal topic prefix) instead of every subscription of every client;
 * a client's subscriptions are tracked per client, so connect and disconnect cost O(its own
@@ -70,6 +73,7 @@ log = logging.getLogger("fleetrig.broker")
 ROLE = "fleetrig.role"
 SERIAL = "fleetrig.serial"
 INIT_KEY_HASH = "fleetrig.init_key_hash"
+KEEPALIVE = "fleetrig.keepalive"
 
 
 class _SessionStates:
@@ -332,6 +336,7 @@ class FleetBroker(Broker):
         self._index: dict[str, set[str]] = defaultdict(set)
         self._client_filters: dict[str, set[str]] = defaultdict(set)
         self._topic_filtering_enabled = self.plugins_manager.is_topic_filtering_enabled()
+        self._direct_plugin_events()
 
     # -- TLS ----------------------------------------------------------------------------------
 
@@ -401,9 +406,12 @@ class FleetBroker(Broker):
             client_session.parent = 1
         else:
             client_session.parent = 0
-        delay = self.config.get("timeout-disconnect-delay", 0)
-        if client_session.keep_alive > 0 and isinstance(delay, int):
-            client_session.keep_alive += delay
+        # amqtt 0.12.1's broker handler acts on neither timeout its keepalive arms (its
+        # handle_read_timeout and handle_write_timeout are no-ops): the keepalive only cost a
+        # task and a timer per packet read (asyncio.wait_for) and a timer per packet sent. The
+        # client's value stays in the session's attributes.
+        client_session.attributes[KEEPALIVE] = client_session.keep_alive
+        client_session.keep_alive = 0
         return handler, client_session
 
     async def _authenticate(self, session: Session, _listener: Any) -> bool:
@@ -550,7 +558,9 @@ class FleetBroker(Broker):
         return found
 
     async def _run_broadcast(self, running_tasks) -> None:  # type: ignore[no-untyped-def]
-        broadcast = await self._broadcast_queue.get()
+        await self._deliver(await self._broadcast_queue.get(), running_tasks)
+
+    async def _deliver(self, broadcast: dict[str, Any], running_tasks: Any) -> None:
         topic = broadcast["topic"]
         for k_filter in self._candidate_filters(topic):
             subscriptions = self._subscriptions.get(k_filter)
@@ -569,6 +579,53 @@ class FleetBroker(Broker):
                     running_tasks.append(
                         asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
                     )
+
+    async def _broadcast_loop(self) -> None:
+        # Upstream starts a task and an asyncio.wait (against the shutdown signal) per message;
+        # this loop delivers what is queued directly and only waits that way when idle.
+        running_tasks = self._tasks_queue
+        shutdown = self._broadcast_shutdown_waiter
+        queue = self._broadcast_queue
+        try:
+            while not shutdown.done():
+                while running_tasks and running_tasks[0].done():
+                    task = running_tasks.popleft()
+                    if not task.cancelled() and task.exception() is not None:
+                        log.warning("a message delivery failed: %r", task.exception())
+                if queue.empty():
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait([getter, shutdown], return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        break
+                    broadcast = getter.result()
+                else:
+                    broadcast = queue.get_nowait()
+                await self._deliver(broadcast, running_tasks)
+        finally:
+            pending = [task for task in running_tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    def _direct_plugin_events(self) -> None:
+        """Plugin events call the plugins' handlers in line instead of in a task each.
+
+        The only plugin here with event handlers is PlatformHookPlugin, whose handlers only put
+        the event on the gateway's queue; a task per connect, disconnect and message (and
+        amqtt's bookkeeping of each in a list) cost more than the handlers.
+        """
+        callbacks = self.plugins_manager._event_plugin_callbacks
+
+        async def fire_event(event_name: Any, *, wait: bool = False, **kwargs: Any) -> None:
+            for method in callbacks.get(event_name, ()):
+                try:
+                    await method(**kwargs)
+                except Exception:
+                    log.exception("plugin event %s failed", event_name)
+
+        self.plugins_manager.fire_event = fire_event  # type: ignore[method-assign]
 
 
 def broker_config(

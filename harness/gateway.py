@@ -158,6 +158,7 @@ class DeviceGateway:
         identity_updates: list[tuple[str, dict[str, Any]]] = []
         issued: dict[int, Credential] = {}
         cut_off: list[str] = []
+        first_use: list[int] = []
         now = utcnow()
         with self.ctx.registry.session() as s, s.no_autoflush:
             # A few set queries for the whole batch, then plain attribute changes: no query (and
@@ -196,13 +197,16 @@ class DeviceGateway:
                     identity = self.ctx.identities.get(item.serial)
                     if identity is not None and identity.init_key_hash is not None and identity.cert_fingerprint:
                         # First connection with the new credential: the init key is spent now.
-                        s.execute(update(Credential).where(Credential.device_id == device.id,
-                                                           Credential.revoked_at.is_(None),
-                                                           Credential.first_used_at.is_(None))
-                                  .values(first_used_at=now).execution_options(synchronize_session=False))
+                        first_use.append(device.id)
                         identity_updates.append((item.serial, {"init_key_hash": None}))
                 elif item.kind == "offline":
                     device.connectivity, device.last_seen = OFFLINE, now
+            if first_use:
+                # One statement for the batch; before this batch's new credentials are inserted.
+                s.execute(update(Credential).where(Credential.device_id.in_(first_use),
+                                                   Credential.revoked_at.is_(None),
+                                                   Credential.first_used_at.is_(None))
+                          .values(first_used_at=now).execution_options(synchronize_session=False))
             if issued:
                 # Every earlier credential of a device that registered again is revoked: one
                 # statement for the batch, before the new credentials are inserted.
