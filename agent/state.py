@@ -27,14 +27,19 @@ class Credentials:
     token: str
 
 
-def write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new content."""
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o600, *, durable: bool = True) -> None:
+    """Write `data` to `path` so that a crash leaves either the old or the new content.
+
+    `durable` adds the fsync that survives a power cut of the machine itself; a simulated
+    device, whose "power cut" never takes the host's page cache, does without.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     raw = data.encode() if isinstance(data, str) else data
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, raw)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(tmp, mode)
@@ -44,8 +49,10 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
 class StateDir:
     """Files the agent keeps between boots, in one directory."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, durable: bool = True) -> None:
         self.root = Path(root)
+        #: fsync every write (real devices); False for simulated ones, see write_atomic.
+        self.durable = durable
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -82,9 +89,10 @@ class StateDir:
     def save_credentials(self, serial: str, auth: str, key_pem: str, cert_pem: str, token: str) -> Credentials:
         """Store what registration returned; identity.json is written last and marks completion."""
         self.ensure()
-        write_atomic(self.key_path, key_pem)
-        write_atomic(self.cert_path, cert_pem, 0o644)
-        write_atomic(self.identity_path, json.dumps({"serial": serial, "auth": auth, "token": token}))
+        write_atomic(self.key_path, key_pem, durable=self.durable)
+        write_atomic(self.cert_path, cert_pem, 0o644, durable=self.durable)
+        write_atomic(self.identity_path, json.dumps({"serial": serial, "auth": auth, "token": token}),
+                     durable=self.durable)
         creds = self.credentials()
         assert creds is not None
         return creds
@@ -102,5 +110,5 @@ class StateDir:
             count = int(path.read_text().strip() or 0) + 1
         except (FileNotFoundError, ValueError):
             count = 1
-        write_atomic(path, str(count), 0o644)
+        write_atomic(path, str(count), 0o644, durable=self.durable)
         return count

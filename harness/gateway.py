@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 
 from agent import wire
 from harness import audit, telemetry
-from harness.broker import INIT_KEY_HASH, ROLE, SERIAL
+from harness.broker_plugins import INIT_KEY_HASH, ROLE, SERIAL
 from harness.context import PlatformContext
 from harness.errors import Refused
 from harness.identities import digest

@@ -249,7 +249,7 @@ class Platform:
     # -- broker control ---------------------------------------------------------------------------
 
     async def _drop(self, serial: str, only_role: str | None = None) -> None:
-        from harness.broker import ROLE
+        from harness.broker_plugins import ROLE
 
         if self.broker is None:
             return

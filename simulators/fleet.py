@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,53 +19,13 @@ from pathlib import Path
 
 from agent.agent import Agent, AgentError, TlsContexts
 from agent.env import AgentEnv, load_agent_env
-from agent.state import Credentials, StateDir
+from agent.state import StateDir
 from simulators.hardware import SimulatedHardware
 
 #: Young-generation threshold of the cyclic garbage collector in a fleet process (default 700).
 GC_YOUNG_THRESHOLD = 5_000
 #: Middle-generation collections between full ones (default 10).
 GC_OLD_THRESHOLD = 100
-
-
-def _write_replace(path: Path, data: str, mode: int) -> None:
-    """agent.state.write_atomic without the fsync: a new file renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-class SimulatedStateDir(StateDir):
-    """A simulated device's state dir: the same files, written without fsync.
-
-    A simulated device loses power when its task is cancelled, never with the host's page
-    cache, so the rename alone keeps its files whole; the fsyncs a real device needs made the
-    kernel the biggest cost of a simulated first boot (4 per device, thousands of devices).
-    """
-
-    def save_credentials(self, serial: str, auth: str, key_pem: str, cert_pem: str, token: str) -> Credentials:
-        self.ensure()
-        _write_replace(self.key_path, key_pem, 0o600)
-        _write_replace(self.cert_path, cert_pem, 0o644)
-        _write_replace(self.identity_path, json.dumps({"serial": serial, "auth": auth, "token": token}), 0o600)
-        creds = self.credentials()
-        assert creds is not None
-        return creds
-
-    def next_boot(self) -> int:
-        self.ensure()
-        path = self.root / "boot_count"
-        try:
-            count = int(path.read_text().strip() or 0) + 1
-        except (FileNotFoundError, ValueError):
-            count = 1
-        _write_replace(path, str(count), 0o644)
-        return count
 
 
 @dataclass
@@ -135,7 +93,8 @@ class Fleet:
         if ca_pem is not env.ca_cert_pem:
             env = dataclasses.replace(env, ca_cert_pem=ca_pem)
         hardware = SimulatedHardware(family, env.serial)
-        agent = Agent(env, SimulatedStateDir(state_dir), hardware, tls=self.tls, keepalive=self.keepalive,
+        # Written without fsync: see agent.state.write_atomic.
+        agent = Agent(env, StateDir(state_dir, durable=False), hardware, tls=self.tls, keepalive=self.keepalive,
                       max_backoff=self.max_backoff, ack_timeout=self.ack_timeout)
         device = SimDevice(env.serial, family, agent, hardware)
         hardware.power_hook = lambda action, serial=env.serial: self._power_request(serial, action)
