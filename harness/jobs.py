@@ -31,6 +31,7 @@ from harness.models import (
     REGISTERED,
     SENT,
     SUCCEEDED,
+    TARGET_STATES,
     Credential,
     Customer,
     Device,
@@ -60,7 +61,7 @@ def _target_view(t: JobTarget) -> dict[str, Any]:
 
 def job_view(job: Job) -> dict[str, Any]:
     targets = [_target_view(t) for t in job.targets]
-    counts = {state: sum(1 for t in targets if t["state"] == state) for state in (PENDING, SENT, SUCCEEDED, FAILED)}
+    counts = {state: sum(1 for t in targets if t["state"] == state) for state in TARGET_STATES}
     return {
         "id": job.id, "method": job.method, "params": job.params, "actor": job.actor,
         "created_at": job.created_at.isoformat(), "timeout_s": job.timeout_s,

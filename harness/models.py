@@ -17,7 +17,6 @@ PROVISIONED = "provisioned"
 REGISTERED = "registered"
 CLAIMED = "claimed"
 DISPOSED = "disposed"
-STATES = (PROVISIONED, REGISTERED, CLAIMED, DISPOSED)
 
 ONLINE = "online"
 OFFLINE = "offline"

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
