@@ -34,7 +34,7 @@ from lifecycle import FAMILIES, PlatformProcess, figure  # noqa: E402
 
 from agent.env import parse_agent_env  # noqa: E402
 from harness.client import Client  # noqa: E402
-from harness.platform import read_operator_token  # noqa: E402
+from harness.datadir import read_operator_token  # noqa: E402
 from simulators.fleet import Fleet  # noqa: E402
 
 COMPOSE = b"services:\n  app:\n    image: busybox:latest\n"

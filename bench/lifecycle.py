@@ -51,7 +51,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 from agent.env import parse_agent_env  # noqa: E402
 from harness.client import Client  # noqa: E402
-from harness.platform import read_operator_token, read_state  # noqa: E402
+from harness.datadir import read_operator_token, read_state  # noqa: E402
 from simulators.fleet import Fleet  # noqa: E402
 
 FAMILIES = ("imx", "photon", "x86")

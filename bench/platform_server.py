@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from harness.platform import Platform, PlatformConfig
+from harness.platform.process import Platform, PlatformConfig
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

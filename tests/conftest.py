@@ -1,4 +1,4 @@
-"""Shared helpers: the platform fixtures come from the fleetrig pytest plugin (harness.pytest_plugin)."""
+"""Shared helpers: the platform fixtures come from the fleetrig pytest plugin (harness.pytest_plugin.fixtures)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from agent.env import AgentEnv, parse_agent_env
-from harness.pytest_plugin import Catalog, RunningPlatform
+from harness.pytest_plugin.fixtures import Catalog, RunningPlatform
 from simulators.fleet import Fleet
 
 FAMILIES = ("imx", "photon", "x86")

@@ -7,7 +7,7 @@ import asyncio
 from sqlalchemy import func, select
 
 from agent.state import StateDir
-from harness.models import AuditEvent, Credential, CveRecord, Device, DisposalEvent, FirmwareRecord, InitKey
+from harness.platform.models import AuditEvent, Credential, CveRecord, Device, DisposalEvent, FirmwareRecord, InitKey
 from tests.conftest import boot, connect_refused, mqtt_client, provision, tls_context, wait_for
 
 

@@ -348,7 +348,7 @@ async def test_config_load_pota_docker_load_and_stats(bench):
 
 async def test_repository_basic_auth(fleetrig_catalog, tmp_path):
     from harness.client import Client
-    from harness.platform import PlatformConfig, PlatformThread
+    from harness.platform.process import PlatformConfig, PlatformThread
 
     thread = PlatformThread(PlatformConfig(data_dir=tmp_path / "p", http_port=0, mqtts_port=0, repo_port=0,
                                            repo_user="ota", repo_password="s3cret"))

@@ -18,7 +18,7 @@ import pytest
 
 from agent.env import parse_agent_env
 from harness.client import Client
-from harness.platform import PlatformConfig, PlatformThread, free_port
+from harness.platform.process import PlatformConfig, PlatformThread, free_port
 from tests.conftest import boot
 
 

@@ -8,10 +8,10 @@ import stat
 import pytest
 
 from agent.env import parse_agent_env
-from harness import pms
 from harness.errors import Refused
-from harness.identities import digest
-from harness.pms import ProvisionResult, write_agent_envs
+from harness.platform import pms
+from harness.platform.identities import digest
+from harness.platform.pms import ProvisionResult, write_agent_envs
 from tests.conftest import boot, connect_refused, mqtt_client, provision, table_dump
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 from sqlalchemy import select
 
-from harness.models import Device, TelemetryRecord
+from harness.platform.models import Device, TelemetryRecord
 from tests.conftest import boot, provision, wait_for
 
 
@@ -87,8 +87,8 @@ async def test_batch_command_to_500_devices(fleetrig_platform, fleetrig_catalog,
 def test_retention_prunes_old_rows(fleetrig_platform, fleetrig_catalog):
     import datetime as dt
 
-    from harness import telemetry
-    from harness.models import DeviceEventRecord, utcnow
+    from harness.platform import telemetry
+    from harness.platform.models import DeviceEventRecord, utcnow
 
     provision(fleetrig_platform, fleetrig_catalog, ["RT-001"])
     with fleetrig_platform.ctx.registry.session() as s:

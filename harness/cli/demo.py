@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.cli.output import console, fail, table
 from harness.client import Client
 from harness.errors import Refused
-from harness.platform import PlatformConfig, PlatformThread
-from harness.pms import ProvisionResult, write_agent_envs
+from harness.platform.pms import ProvisionResult, write_agent_envs
+from harness.platform.process import PlatformConfig, PlatformThread
 from simulators.families import FAMILIES, FAMILY_NAMES
 from simulators.fleet import Fleet
 

@@ -10,7 +10,7 @@ import typer
 
 from harness.cli.output import confirm, emit_json, fail, table
 from harness.errors import Refused
-from harness.pms import ProvisionResult, check_output_dir, write_agent_envs
+from harness.platform.pms import ProvisionResult, check_output_dir, write_agent_envs
 
 app = typer.Typer(no_args_is_help=True)
 customer_app = typer.Typer(no_args_is_help=True, help="Customers (each with a tenant id).")

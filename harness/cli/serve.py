@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
+from harness.datadir import TOKEN_FILE
 from harness.errors import Refused
-from harness.platform import TOKEN_FILE, Platform, PlatformConfig
+from harness.platform.process import Platform, PlatformConfig
 
 
 def serve(

@@ -18,11 +18,11 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from agent import wire
-from harness.identities import Identities, digest
-from harness.pki import fingerprint_der
+from harness.platform.identities import Identities, digest
+from harness.platform.pki import fingerprint_der
 
 if TYPE_CHECKING:
-    from harness.broker import FleetBroker
+    from harness.broker.server import FleetBroker
 
 log = logging.getLogger("fleetrig.broker")
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from harness.errors import Refused
-from harness.models import Base
+from harness.platform.models import Base
 
 
 def database_url(data_dir: Path, url: str | None) -> str:

@@ -14,14 +14,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from harness import eol, fleet, pms, telemetry, tracking
-from harness.context import PlatformContext
 from harness.errors import Refused
-from harness.models import AuditEvent
-from harness.repo import MAX_PACKAGE_BYTES
+from harness.platform import eol, fleet, pms, telemetry, tracking
+from harness.platform.context import PlatformContext
+from harness.platform.models import AuditEvent
+from harness.platform.repo import MAX_PACKAGE_BYTES
 
 if TYPE_CHECKING:
-    from harness.platform import Platform
+    from harness.platform.process import Platform
 
 
 class CustomerIn(BaseModel):

@@ -1,6 +1,6 @@
 """The Python library for operators: every platform operation, over the REST API.
 
-    from harness.client import Client
+    from harness.client.rest import Client
     client = Client.from_data_dir(".fleetrig")
     report = client.provision(["SN1", "SN2"], customer="ACME", part="imx8-som")
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from harness.datadir import read_operator_token, read_state
 from harness.errors import Refused
-from harness.platform import read_operator_token, read_state
 
 
 def default_actor() -> str:

@@ -14,9 +14,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from agent import wire
-from harness.context import PlatformContext
 from harness.errors import NotFound
-from harness.models import Device, DeviceEventRecord, TelemetryRecord, utcnow
+from harness.platform.context import PlatformContext
+from harness.platform.models import Device, DeviceEventRecord, TelemetryRecord, utcnow
 
 DEFAULT_RETENTION_DAYS = 30
 

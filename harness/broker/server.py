@@ -62,10 +62,10 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
-from harness.broker_plugins import (
+from harness.broker.plugins import (
     BrokerHooks,
 )
-from harness.identities import Identities
+from harness.platform.identities import Identities
 
 log = logging.getLogger("fleetrig.broker")
 
@@ -539,8 +539,8 @@ def broker_config(
         "listeners": listeners,
         "timeout_disconnect_delay": 2,
         "plugins": {
-            "harness.broker_plugins.RegistryAuthPlugin": {"identities": identities},
-            "harness.broker_plugins.DeviceTopicPlugin": {},
-            "harness.broker_plugins.PlatformHookPlugin": {"hooks": hooks},
+            "harness.broker.plugins.RegistryAuthPlugin": {"identities": identities},
+            "harness.broker.plugins.DeviceTopicPlugin": {},
+            "harness.broker.plugins.PlatformHookPlugin": {"hooks": hooks},
         },
     }

@@ -20,13 +20,13 @@ from amqtt.session import Session
 from sqlalchemy import select, update
 
 from agent import wire
-from harness import audit, telemetry
-from harness.broker_plugins import INIT_KEY_HASH, ROLE, SERIAL
-from harness.context import PlatformContext
+from harness.broker.plugins import INIT_KEY_HASH, ROLE, SERIAL
 from harness.errors import Refused
-from harness.identities import digest
-from harness.jobs import JobEngine
-from harness.models import (
+from harness.platform import audit, telemetry
+from harness.platform.context import PlatformContext
+from harness.platform.identities import digest
+from harness.platform.jobs import JobEngine
+from harness.platform.models import (
     OFFLINE,
     ONLINE,
     PROVISIONED,

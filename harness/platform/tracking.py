@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from harness import audit
-from harness.context import PlatformContext
 from harness.errors import NotFound, Refused
-from harness.models import CveRecord, Device
+from harness.platform import audit
+from harness.platform.context import PlatformContext
+from harness.platform.models import CveRecord, Device
 
 _CVE = re.compile(r"^CVE-\d{4}-\d{4,7}$")
 CVE_STATES = ("open", "mitigated", "fixed", "not-affected")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from harness.client import Client
-from harness.context import PlatformContext
-from harness.platform import Platform, PlatformConfig, PlatformThread
+from harness.platform.context import PlatformContext
+from harness.platform.process import Platform, PlatformConfig, PlatformThread
 
 
 @dataclass

@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 
 from agent import wire
 from agent.env import AgentEnv
-from harness import audit
-from harness.context import PlatformContext
 from harness.errors import Conflict, NotFound, Refused
-from harness.identities import Identity, digest
-from harness.models import (
+from harness.platform import audit
+from harness.platform.context import PlatformContext
+from harness.platform.identities import Identity, digest
+from harness.platform.models import (
     Customer,
     Device,
     DeviceModel,

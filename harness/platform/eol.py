@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from harness import audit
-from harness.context import PlatformContext
 from harness.errors import NotFound, Refused
-from harness.models import Device, DisposalEvent
+from harness.platform import audit
+from harness.platform.context import PlatformContext
+from harness.platform.models import Device, DisposalEvent
 
 
 def dispose(ctx: PlatformContext, serial: str, *, reason: str, actor: str) -> dict[str, Any]:

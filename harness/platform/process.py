@@ -26,22 +26,21 @@ from typing import Any
 
 import uvicorn
 
-from harness import telemetry
-from harness.api import create_app
-from harness.broker import BrokerHooks, FleetBroker, broker_config
-from harness.context import PlatformContext
-from harness.db import Registry, database_url
+from harness.broker.server import BrokerHooks, FleetBroker, broker_config
+from harness.datadir import STATE_FILE, TOKEN_FILE, read_operator_token, read_state
 from harness.errors import Refused
-from harness.gateway import DeviceGateway
-from harness.identities import Identities
-from harness.jobs import JobEngine
-from harness.pki import CertificateAuthority, default_server_hosts
-from harness.repo import PackageStore, create_repo_app
+from harness.platform import telemetry
+from harness.platform.api import create_app
+from harness.platform.context import PlatformContext
+from harness.platform.db import Registry, database_url
+from harness.platform.gateway import DeviceGateway
+from harness.platform.identities import Identities
+from harness.platform.jobs import JobEngine
+from harness.platform.pki import CertificateAuthority, default_server_hosts
+from harness.platform.repo import PackageStore, create_repo_app
 
 log = logging.getLogger("fleetrig.platform")
 
-STATE_FILE = "platform.json"
-TOKEN_FILE = "operator.token"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_MQTTS_PORT = 8883
 DEFAULT_REPO_PORT = 8443
@@ -69,17 +68,6 @@ class PlatformConfig:
     repo_password: str | None = None
     #: Days of telemetry and device events kept; older rows are pruned hourly.
     retention_days: int = telemetry.DEFAULT_RETENTION_DAYS
-
-
-def read_operator_token(data_dir: Path) -> str:
-    return (Path(data_dir) / TOKEN_FILE).read_text().strip()
-
-
-def read_state(data_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(data_dir) / STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def _url_host(host: str) -> str:
@@ -249,7 +237,7 @@ class Platform:
     # -- broker control ---------------------------------------------------------------------------
 
     async def _drop(self, serial: str, only_role: str | None = None) -> None:
-        from harness.broker_plugins import ROLE
+        from harness.broker.plugins import ROLE
 
         if self.broker is None:
             return

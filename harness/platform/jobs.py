@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent import wire
-from harness import audit
-from harness.context import PlatformContext
 from harness.errors import NotFound, Refused
-from harness.models import (
+from harness.platform import audit
+from harness.platform.context import PlatformContext
+from harness.platform.models import (
     CLAIMED,
     DECOMMISSIONED,
     FAILED,

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from harness.models import AuditEvent
+from harness.platform.models import AuditEvent
 
 
 def record(session: Session, actor: str, action: str, serial: str | None = None, **detail: Any) -> None:

@@ -7,11 +7,11 @@ from typing import Any
 from sqlalchemy import select
 
 from agent import wire
-from harness import audit
-from harness.context import PlatformContext
 from harness.errors import Refused
-from harness.models import CLAIMED, PROVISIONED, REGISTERED, Claim, Device, utcnow
-from harness.pms import device_view
+from harness.platform import audit
+from harness.platform.context import PlatformContext
+from harness.platform.models import CLAIMED, PROVISIONED, REGISTERED, Claim, Device, utcnow
+from harness.platform.pms import device_view
 
 
 def claim(

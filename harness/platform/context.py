@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.db import Registry
-from harness.identities import Identities
-from harness.pki import CertificateAuthority
+from harness.platform.db import Registry
+from harness.platform.identities import Identities
+from harness.platform.pki import CertificateAuthority
 
 
 def _no_broker(serial: str, only_role: str | None = None) -> None:

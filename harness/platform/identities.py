@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from harness.models import Credential, Device, InitKey
+from harness.platform.models import Credential, Device, InitKey
 
 
 def digest(secret: str) -> str:

@@ -1,0 +1,1 @@
+"""The server: registry, PMS, fleet, end of life, jobs, device gateway, telemetry, package repository, REST API."""
