@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+#: Where `fleetrig serve` keeps its data, and where the CLI looks for a platform, unless told.
+DEFAULT_DATA_DIR = ".fleetrig"
 STATE_FILE = "platform.json"
 TOKEN_FILE = "operator.token"
 

@@ -143,7 +143,10 @@ def test_serials_file_and_reissue(served, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["SF-001", "SF-002", "SF-003"]
     old = (out / "SF-001" / "agent.env").read_text()
-    reissued = run("pms", "provisioning", "reissue", "SF-001", "--output-dir", str(out), data_dir=served)
+    unconfirmed = run("pms", "provisioning", "reissue", "SF-001", "--output-dir", str(out), data_dir=served)
+    assert unconfirmed.returncode == 1 and "confirm with --yes" in unconfirmed.stderr
+    assert (out / "SF-001" / "agent.env").read_text() == old  # the old key still works
+    reissued = run("pms", "provisioning", "reissue", "SF-001", "--output-dir", str(out), "--yes", data_dir=served)
     assert reissued.returncode == 0, reissued.stderr
     assert (out / "SF-001" / "agent.env").read_text() != old
     listing = json.loads(run("pms", "device", "list", "--json", data_dir=served).stdout)
@@ -175,13 +178,13 @@ def test_device_management_through_the_cli(served, tmp_path):
             if json.loads(shown.stdout).get("connectivity") == "online":
                 break
             time.sleep(0.3)
-        done = run("config", "set", "MGT-001", "maxCacheSize:149", "--wait", data_dir=served)
+        done = run("config", "set", "MGT-001", "--path", "maxCacheSize:149", "--wait", data_dir=served)
         assert done.returncode == 0, done.stderr
         line = json.loads(done.stdout.strip().splitlines()[0])
         assert line["serial"] == "MGT-001" and line["status"] == 200 and line["job_id"]
-        got = run("config", "get", "MGT-001", "maxCacheSize", "--wait", data_dir=served)
+        got = run("config", "get", "MGT-001", "--path", "maxCacheSize", "--wait", data_dir=served)
         assert json.loads(got.stdout)["data"] == {"maxCacheSize": "149"}
-        bad = run("config", "set", "MGT-001", "maxCacheSize:many", "--wait", data_dir=served)
+        bad = run("config", "set", "MGT-001", "--path", "maxCacheSize:many", "--wait", data_dir=served)
         assert bad.returncode == 1 and "whole number" in bad.stderr
 
         package = tmp_path / "fw.bin"

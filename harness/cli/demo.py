@@ -16,15 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.cli.output import console, fail, table
 from harness.client import Client
+from harness.client.files import write_agent_envs
 from harness.errors import Refused
-from harness.platform.pms import ProvisionResult, write_agent_envs
-from harness.platform.process import PlatformConfig, PlatformThread
-from simulators.families import FAMILIES, FAMILY_NAMES
-from simulators.fleet import Fleet
 
 PREFIX = {"imx": "IMX", "photon": "PNX", "x86": "X86"}
 
@@ -35,6 +31,8 @@ def demo(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Use this data dir instead of a temporary one."),
 ) -> None:
     """Provision, boot, claim and dispose on a simulated fleet; print what happened."""
+    from harness.platform.process import PlatformConfig, PlatformThread
+
     logging.getLogger("amqtt").setLevel(logging.CRITICAL)
     logging.getLogger("transitions").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="fleetrig-demo-") as tmp:
@@ -51,6 +49,11 @@ def demo(
 
 
 async def _demo(client: Client, root: Path, count: int, keep: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulators.families import FAMILIES, FAMILY_NAMES
+    from simulators.fleet import Fleet
+
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     client.add_customer("ACME", "acme-0001")
@@ -66,7 +69,7 @@ async def _demo(client: Client, root: Path, count: int, keep: bool) -> None:
         if report["refused"]:
             fail(f"provisioning refused {report['refused']} serials: {report['results'][0]['error']}")
         results += report["results"]
-    write_agent_envs([ProvisionResult(**r) for r in results], out)
+    write_agent_envs(results, out)
     timings["provision (bulk API)"] = time.monotonic() - t0
 
     fleet = Fleet()

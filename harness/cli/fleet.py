@@ -6,9 +6,10 @@ import sys
 
 import typer
 
-from harness.cli.output import confirm, emit_json, fail, table
+from harness.cli.options import DRY_RUN, JSON, YES, group
+from harness.cli.output import approve, emit_json, fail, table
 
-app = typer.Typer(no_args_is_help=True)
+app = group("Fleet Manager: claim devices, list the fleet.")
 
 
 @app.command("claim")
@@ -16,18 +17,20 @@ def claim(
     ctx: typer.Context,
     serials: list[str] = typer.Argument(None, help="Serials to claim."),
     all_: bool = typer.Option(False, "--all", help="Claim every provisioned but unclaimed device."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be claimed; change nothing."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    as_json: bool = typer.Option(False, "--json"),
+    dry_run: bool = DRY_RUN,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
-    """Claim devices into the Fleet Manager (bulk with --all: registry minus fleet)."""
+    """Claim devices into the Fleet Manager (bulk with --all: registry minus fleet).
+
+    Claiming destroys nothing, so scripts run it without --yes; at a terminal a bulk claim asks.
+    """
     if bool(serials) == all_:
         fail("name serials or use --all (not both)", 2)
     client = ctx.obj.client()
     if all_ and not dry_run and not yes and sys.stdin.isatty():
         preview = client.claim(all=True, dry_run=True)
-        if not confirm(f"Claim {preview['claimed']} device(s)?", False):
-            fail("claim cancelled")
+        approve(f"claim {preview['claimed']} device(s)", yes, required=False)
     report = client.claim(None if all_ else list(serials), all=all_, dry_run=dry_run)
     if as_json:
         emit_json(report)
@@ -44,7 +47,7 @@ def claim(
 
 
 @app.command("list")
-def fleet_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+def fleet_list(ctx: typer.Context, as_json: bool = JSON) -> None:
     """List the devices in the fleet with firmware, connectivity and last-seen time."""
     devices = ctx.obj.client().fleet()
     if as_json:

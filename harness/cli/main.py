@@ -1,8 +1,12 @@
 """The `fleetrig` command line, shaped like tlm-cli: `fleetrig pms provisioning provision ...`.
 
 Exit codes: 0 success, 1 refused (one line on stderr naming the problem), 2 usage error.
-Commands that talk to a platform find it with --api/--token (or FLEETRIG_API/FLEETRIG_TOKEN),
-or --data-dir DIR to read both from a local platform's data dir (default ./.fleetrig).
+Commands that talk to a platform find it with --api and --token together (or FLEETRIG_API and
+FLEETRIG_TOKEN), else --data-dir DIR (or FLEETRIG_DATA_DIR, default ./.fleetrig) to read both
+from a local platform's data dir. Half a pair is refused rather than silently replaced.
+
+Modules here import the server, the agent and the simulators only inside the commands that
+need them, so `fleetrig --help` and every operator command start without loading them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from harness.cli import demo, eol, fleet, manage, pms, serve, sim
+from harness.cli import audit, demo, eol, fleet, manage, pms, serve, sim
 from harness.client import Client
 from harness.errors import Refused
 
@@ -23,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 
@@ -39,10 +44,14 @@ class Target:
 @app.callback()
 def root(
     ctx: typer.Context,
-    api: str | None = typer.Option(None, "--api", envvar="FLEETRIG_API", help="Platform REST API URL."),
-    token: str | None = typer.Option(None, "--token", envvar="FLEETRIG_TOKEN", help="Operator token."),
+    api: str | None = typer.Option(None, "--api", envvar="FLEETRIG_API",
+                                   help="Platform REST API URL (with --token; wins over --data-dir)."),
+    token: str | None = typer.Option(None, "--token", envvar="FLEETRIG_TOKEN",
+                                     help="Operator token (with --api)."),
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", envvar="FLEETRIG_DATA_DIR", help="Read API URL and token from this data dir."
+        None, "--data-dir", envvar="FLEETRIG_DATA_DIR",
+        help="A local platform's data dir: serve keeps its data there, other commands read the API URL and "
+        "token from it (default ./.fleetrig).",
     ),
 ) -> None:
     ctx.obj = Target(api, token, data_dir)
@@ -50,7 +59,8 @@ def root(
 
 app.add_typer(pms.app, name="pms", help="PMS: customers, parts, models, provisioning, devices.")
 app.add_typer(fleet.app, name="fleet", help="Fleet Manager: claim devices, list the fleet.")
-app.add_typer(eol.app, name="eol", help="End of life: dispose of devices (permanent).")
+app.add_typer(eol.app, name="eol", help="End of life: dispose of devices (permanent), list disposals.")
+app.add_typer(eol.cve_app, name="cve", help="CVE tracking records of devices.")
 app.add_typer(sim.app, name="sim", help="Simulated devices.")
 app.add_typer(manage.ota_app, name="ota", help="Updates: AOTA, FOTA, SOTA, or a raw manifest.")
 app.add_typer(manage.config_app, name="config", help="The devices' configuration file.")
@@ -62,6 +72,7 @@ app.command("query")(manage.query)
 app.command("events")(manage.events)
 app.command("telemetry")(manage.telemetry)
 app.command("sign")(manage.sign)
+app.command("audit")(audit.audit)
 app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)
 

@@ -33,10 +33,18 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     console.print(t)
 
 
-def confirm(question: str, yes: bool) -> bool:
-    """True when --yes was given or a person at a terminal said yes; False otherwise."""
+def approve(action: str, yes: bool, *, required: bool = True, warning: str = "") -> None:
+    """Go ahead only with consent: --yes, or a person at a terminal who says yes.
+
+    Without a terminal (a script), a `required` confirmation refuses with one line naming
+    --yes (exit 1); one that is not required (plain provisioning or claiming, which a
+    manufacturing line script runs in a loop) goes ahead, as the seed's loop expects.
+    """
     if yes:
-        return True
+        return
     if not sys.stdin.isatty():
-        return False
-    return typer.confirm(question, default=False)
+        if required:
+            fail(f"{action}: not at a terminal, so confirm with --yes")
+        return
+    if not typer.confirm(f"{action}{f' ({warning})' if warning else ''}: go ahead?", default=False):
+        fail("cancelled: nothing changed")

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import typer
 
-from harness.cli.output import confirm, emit_json, fail, table
-from harness.errors import Refused
-from harness.platform.pms import ProvisionResult, check_output_dir, write_agent_envs
+from harness.cli.choices import AuthMode, DeviceState
+from harness.cli.options import DRY_RUN, JSON, YES, group
+from harness.cli.output import approve, emit_json, fail, table
+from harness.client.files import check_output_dir, write_agent_envs
 
-app = typer.Typer(no_args_is_help=True)
-customer_app = typer.Typer(no_args_is_help=True, help="Customers (each with a tenant id).")
-part_app = typer.Typer(no_args_is_help=True, help="Parts: hardware definitions.")
-model_app = typer.Typer(no_args_is_help=True, help="Models, assigned to a part.")
-provisioning_app = typer.Typer(no_args_is_help=True, help="Provision devices and reissue agent.env files.")
-device_app = typer.Typer(no_args_is_help=True, help="Devices in the registry.")
+app = group("PMS: customers, parts, models, provisioning, devices.")
+customer_app = group("Customers (each with a tenant id).")
+part_app = group("Parts: hardware definitions.")
+model_app = group("Models, assigned to a part.")
+provisioning_app = group("Provision devices and reissue agent.env files.")
+device_app = group("Devices in the registry.")
 app.add_typer(customer_app, name="customer")
 app.add_typer(part_app, name="part")
 app.add_typer(model_app, name="model")
@@ -25,15 +24,20 @@ app.add_typer(provisioning_app, name="provisioning")
 app.add_typer(device_app, name="device")
 
 
+def _added(what: str, result: dict) -> None:
+    print(f"{'would add' if result.get('dry_run') else 'added'} {what}")
+
+
 @customer_app.command("add")
-def customer_add(ctx: typer.Context, name: str, tenant_id: str = typer.Option(..., "--tenant-id")) -> None:
+def customer_add(ctx: typer.Context, name: str = typer.Argument(..., help="Customer name."),
+                 tenant_id: str = typer.Option(..., "--tenant-id", help="The customer's tenant id."),
+                 dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
     """Add a customer with its tenant id."""
-    ctx.obj.client().add_customer(name, tenant_id)
-    print(f"customer {name} added (tenant {tenant_id})")
+    _added(f"customer {name} (tenant {tenant_id})", ctx.obj.client().add_customer(name, tenant_id, dry_run=dry_run))
 
 
 @customer_app.command("list")
-def customer_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+def customer_list(ctx: typer.Context, as_json: bool = JSON) -> None:
     """List customers."""
     customers = ctx.obj.client().catalog()["customers"]
     if as_json:
@@ -43,14 +47,14 @@ def customer_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--jso
 
 
 @part_app.command("add")
-def part_add(ctx: typer.Context, part: str) -> None:
+def part_add(ctx: typer.Context, part: str = typer.Argument(..., help="Part name."),
+             dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
     """Add a part."""
-    ctx.obj.client().add_part(part)
-    print(f"part {part} added")
+    _added(f"part {part}", ctx.obj.client().add_part(part, dry_run=dry_run))
 
 
 @part_app.command("list")
-def part_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+def part_list(ctx: typer.Context, as_json: bool = JSON) -> None:
     """List parts and their models."""
     parts = ctx.obj.client().catalog()["parts"]
     if as_json:
@@ -60,10 +64,11 @@ def part_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"))
 
 
 @model_app.command("add")
-def model_add(ctx: typer.Context, model: str, part: str = typer.Option(..., "--part")) -> None:
+def model_add(ctx: typer.Context, model: str = typer.Argument(..., help="Model name."),
+              part: str = typer.Option(..., "--part", help="The part this model is assigned to."),
+              dry_run: bool = DRY_RUN, yes: bool = YES) -> None:
     """Add a model and assign it to a part."""
-    ctx.obj.client().add_model(model, part)
-    print(f"model {model} added to part {part}")
+    _added(f"model {model} to part {part}", ctx.obj.client().add_model(model, part, dry_run=dry_run))
 
 
 def _read_serials(serials: list[str], serials_file: Path | None) -> list[str]:
@@ -91,28 +96,39 @@ def _print_results(results: list[dict], as_json: bool, report: dict) -> None:
     print(f"{verb} {report['provisioned']}, refused {report['refused']}")
 
 
+def _only_part(client) -> str:  # type: ignore[no-untyped-def]
+    """--part may be left out when the catalog has exactly one part (the seed's loop omits it)."""
+    parts = sorted(p["name"] for p in client.catalog()["parts"])
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        fail("no part in the catalog: add one with 'fleetrig pms part add PART'")
+    fail(f"several parts in the catalog ({', '.join(parts)}): choose one with --part", 2)
+
+
 @provisioning_app.command("provision")
 def provision(
     ctx: typer.Context,
     serials: list[str] = typer.Argument(None, help="Serial numbers to provision."),
     serials_file: Path | None = typer.Option(None, "--serials-file", help="File with one serial per line."),
-    customer: str = typer.Option(..., "--customer"),
-    part: str = typer.Option(..., "--part"),
+    customer: str = typer.Option(..., "--customer", help="The customer the devices belong to."),
+    part: str | None = typer.Option(None, "--part", help="The devices' part (may be left out when there is one)."),
     model: str | None = typer.Option(None, "--model", help="Needed only when the part has several models."),
     output_dir: Path = typer.Option(..., "--output-dir", help="agent.env files go to DIR/SERIAL/agent.env."),
-    auth: str = typer.Option("x509", "--auth", help="How devices authenticate after first boot: x509 | token."),
+    auth: AuthMode = typer.Option("x509", "--auth", help="How devices authenticate after first boot."),
     signature_cert: Path | None = typer.Option(None, "--signature-cert", help="PEM certificate for OTA signatures."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate only: no rows, no files."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: bool = YES,
     atomic: bool = typer.Option(False, "--atomic", help="Refuse all serials if one is refused."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JSON,
 ) -> None:
-    """Register serials in the registry and the broker, and write each device's agent.env."""
+    """Register serials in the registry and the broker, and write each device's agent.env.
+
+    Runs in scripts without --yes (a manufacturing line loops over serials); at a terminal it
+    asks first unless --yes.
+    """
     wanted = _read_serials(serials or [], serials_file)
-    if dry_run:
-        _check_output_dir_dry(output_dir)
-    else:
-        check_output_dir(output_dir)
+    check_output_dir(output_dir, create=not dry_run)
     sig = None
     if signature_cert is not None:
         try:
@@ -120,43 +136,43 @@ def provision(
         except OSError as exc:
             fail(f"--signature-cert {signature_cert}: {exc.strerror}")
     client = ctx.obj.client()
-    # Scripts (no terminal) are never asked, as on a manufacturing line; a person is, unless --yes.
-    if not dry_run and not yes and sys.stdin.isatty() \
-            and not confirm(f"Provision {len(wanted)} serial(s) for customer {customer}?", False):
-        fail("provisioning cancelled")
+    part = part or _only_part(client)
+    if not dry_run:
+        approve(f"provision {len(wanted)} serial(s) for customer {customer}", yes, required=False)
     report = client.provision(wanted, customer=customer, part=part, model=model, dry_run=dry_run,
                               atomic=atomic, auth=auth, signature_cert=sig)
     results = report["results"]
     if not dry_run:
-        write_agent_envs([ProvisionResult(**r) for r in results], output_dir)
+        write_agent_envs(results, output_dir)
     _print_results(results, as_json, report)
     if report["refused"]:
         first = next(r for r in results if not r["ok"])
         fail(f"{report['refused']} of {len(results)} serial(s) refused; {first['serial']}: {first['error']}")
 
 
-def _check_output_dir_dry(output_dir: Path) -> None:
-    """A dry run checks the output dir without creating anything."""
-    probe = output_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise Refused(f"output dir {output_dir}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise Refused(f"output dir {output_dir}: {probe} is not writable")
-
-
 @provisioning_app.command("reissue")
 def reissue(
     ctx: typer.Context,
-    serial: str,
-    output_dir: Path = typer.Option(..., "--output-dir"),
-    as_json: bool = typer.Option(False, "--json"),
+    serial: str = typer.Argument(..., help="The provisioned device's serial."),
+    output_dir: Path = typer.Option(..., "--output-dir", help="The new agent.env goes to DIR/SERIAL/agent.env."),
+    dry_run: bool = DRY_RUN,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Write a new agent.env (new init key; the old key stops working) without re-provisioning."""
-    check_output_dir(output_dir)
-    result = ctx.obj.client().reissue(serial)
-    (path,) = write_agent_envs([ProvisionResult(**result)], output_dir)
+    check_output_dir(output_dir, create=not dry_run)
+    client = ctx.obj.client()
+    if dry_run:
+        device = client.device(serial)
+        path = output_dir / serial / "agent.env"
+        if as_json:
+            emit_json({"serial": serial, "agent_env": str(path), "dry_run": True, "state": device["state"]})
+        else:
+            print(f"would reissue {serial} ({device['state']}): {path}; its current init key would stop working")
+        return
+    approve(f"reissue {serial}", yes, warning="its current init key stops working")
+    result = client.reissue(serial)
+    (path,) = write_agent_envs([result], output_dir)
     if as_json:
         emit_json({"serial": serial, "agent_env": str(path)})
     else:
@@ -174,9 +190,9 @@ def _device_row(d: dict) -> list:
 @device_app.command("list")
 def device_list(
     ctx: typer.Context,
-    state: str | None = typer.Option(None, "--state"),
-    customer: str | None = typer.Option(None, "--customer"),
-    as_json: bool = typer.Option(False, "--json"),
+    state: DeviceState | None = typer.Option(None, "--state", help="Only devices in this state."),
+    customer: str | None = typer.Option(None, "--customer", help="Only this customer's devices."),
+    as_json: bool = JSON,
 ) -> None:
     """List devices in the registry."""
     devices = ctx.obj.client().devices(state=state, customer=customer)
@@ -187,7 +203,8 @@ def device_list(
 
 
 @device_app.command("show")
-def device_show(ctx: typer.Context, serial: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def device_show(ctx: typer.Context, serial: str = typer.Argument(..., help="The device's serial."),
+                as_json: bool = JSON) -> None:
     """Show one device: state, identity, firmware, facts."""
     d = ctx.obj.client().device(serial)
     if as_json:
@@ -198,4 +215,6 @@ def device_show(ctx: typer.Context, serial: str, as_json: bool = typer.Option(Fa
     rows += [(f"facts.{k}", v) for k, v in sorted(d.get("facts", {}).items()) if k != "disks"]
     rows.append(("init keys", len(d["init_keys"])))
     rows.append(("credentials", ", ".join(c["cert_serial"] for c in d["credentials"]) or "none"))
+    rows.append(("firmware history", ", ".join(d.get("firmware_history", [])) or "none"))
+    rows.append(("CVEs", ", ".join(f"{c['cve_id']} ({c['status']})" for c in d.get("cves", [])) or "none"))
     table(serial, ["field", "value"], rows)

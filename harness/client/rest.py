@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from harness.datadir import read_operator_token, read_state
+from harness.datadir import DEFAULT_DATA_DIR, read_operator_token, read_state
 from harness.errors import Refused
 
 
@@ -53,12 +53,20 @@ class Client:
 
     @classmethod
     def from_env(cls, api: str | None = None, token: str | None = None, data_dir: str | None = None) -> Client:
-        """Find the platform: --api/--token, FLEETRIG_API/FLEETRIG_TOKEN, or a data dir."""
-        api = api or os.environ.get("FLEETRIG_API")
-        token = token or os.environ.get("FLEETRIG_TOKEN")
+        """Find the platform: an API URL and token (arguments, else FLEETRIG_API/FLEETRIG_TOKEN), or a data dir.
+
+        An API URL and token win over any data dir. One without the other is refused, naming
+        the missing half: falling back to ./.fleetrig would quietly talk to another platform.
+        """
+        api = api or os.environ.get("FLEETRIG_API") or None
+        token = token or os.environ.get("FLEETRIG_TOKEN") or None
         if api and token:
             return cls(api, token)
-        data_dir = data_dir or os.environ.get("FLEETRIG_DATA_DIR") or ".fleetrig"
+        if api:
+            raise Refused(f"--api {api} needs the operator token too: give --token TOKEN (or FLEETRIG_TOKEN)")
+        if token:
+            raise Refused("--token needs the platform's URL too: give --api URL (or FLEETRIG_API)")
+        data_dir = data_dir or os.environ.get("FLEETRIG_DATA_DIR") or DEFAULT_DATA_DIR
         return cls.from_data_dir(data_dir)
 
     def close(self) -> None:
@@ -86,14 +94,14 @@ class Client:
         return response.json()
 
     # PMS
-    def add_customer(self, name: str, tenant_id: str) -> dict[str, Any]:
-        return self._call("POST", "/customers", json={"name": name, "tenant_id": tenant_id})
+    def add_customer(self, name: str, tenant_id: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/customers", json={"name": name, "tenant_id": tenant_id, "dry_run": dry_run})
 
-    def add_part(self, name: str) -> dict[str, Any]:
-        return self._call("POST", "/parts", json={"name": name})
+    def add_part(self, name: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/parts", json={"name": name, "dry_run": dry_run})
 
-    def add_model(self, name: str, part: str) -> dict[str, Any]:
-        return self._call("POST", "/models", json={"name": name, "part": part})
+    def add_model(self, name: str, part: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/models", json={"name": name, "part": part, "dry_run": dry_run})
 
     def catalog(self) -> dict[str, Any]:
         return self._call("GET", "/catalog")
@@ -130,8 +138,13 @@ class Client:
     def disposals(self) -> list[dict[str, Any]]:
         return self._call("GET", "/disposals")
 
-    def track_cve(self, serial: str, cve_id: str, status: str = "open") -> dict[str, Any]:
-        return self._call("POST", f"/devices/{serial}/cves", json={"cve_id": cve_id, "status": status})
+    def track_cve(self, serial: str, cve_id: str, status: str = "open", *, dry_run: bool = False) -> dict[str, Any]:
+        return self._call("POST", f"/devices/{serial}/cves",
+                          json={"cve_id": cve_id, "status": status, "dry_run": dry_run})
+
+    def cves(self, serial: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"serial": serial, "status": status}.items() if v}
+        return self._call("GET", "/cves", params=params)
 
     def audit(self, serial: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -144,9 +157,12 @@ class Client:
 
     # Device management
     def create_job(self, method: str, params: dict[str, Any] | None = None, *, serials: list[str] | None = None,
-                   all: bool = False, customer: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+                   all: bool = False, customer: str | None = None, timeout_s: float | None = None,
+                   dry_run: bool = False) -> dict[str, Any]:
+        """A job for its targets; a dry run returns the targets it would reach and stores nothing."""
         return self._call("POST", "/jobs", json={"method": method, "params": params or {}, "serials": serials,
-                                                  "all": all, "customer": customer, "timeout_s": timeout_s})
+                                                  "all": all, "customer": customer, "timeout_s": timeout_s,
+                                                  "dry_run": dry_run})
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}")
@@ -174,6 +190,15 @@ class Client:
             raise Refused(f"cannot read {path}: {exc.strerror}") from None
         return self._call("PUT", f"/repo/{name or path.name}", content=data,
                           headers={"Content-Type": "application/octet-stream"})
+
+    def package(self, name: str) -> dict[str, Any] | None:
+        """A package's name, size and URL; None when the repository has none of that name."""
+        try:
+            return self._call("GET", f"/repo/{name}")
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def packages(self) -> list[dict[str, Any]]:
         return self._call("GET", "/repo")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import String, cast, or_, select
 
 from harness.errors import Refused
 from harness.platform import eol, fleet, pms, telemetry, tracking
@@ -27,15 +27,18 @@ if TYPE_CHECKING:
 class CustomerIn(BaseModel):
     name: str
     tenant_id: str
+    dry_run: bool = False
 
 
 class PartIn(BaseModel):
     name: str
+    dry_run: bool = False
 
 
 class ModelIn(BaseModel):
     name: str
     part: str
+    dry_run: bool = False
 
 
 class ProvisionIn(BaseModel):
@@ -63,6 +66,7 @@ class DisposeIn(BaseModel):
 class CveIn(BaseModel):
     cve_id: str
     status: str = "open"
+    dry_run: bool = False
 
 
 class JobIn(BaseModel):
@@ -72,6 +76,7 @@ class JobIn(BaseModel):
     all: bool = False
     customer: str | None = None
     timeout_s: float | None = None
+    dry_run: bool = False
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -112,15 +117,15 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.post("/api/v1/customers", status_code=201)
     def add_customer(body: CustomerIn, actor: str = Depends(operator)) -> dict[str, Any]:
-        return pms.add_customer(ctx(), body.name, body.tenant_id, actor)
+        return pms.add_customer(ctx(), body.name, body.tenant_id, actor, dry_run=body.dry_run)
 
     @app.post("/api/v1/parts", status_code=201)
     def add_part(body: PartIn, actor: str = Depends(operator)) -> dict[str, Any]:
-        return pms.add_part(ctx(), body.name, actor)
+        return pms.add_part(ctx(), body.name, actor, dry_run=body.dry_run)
 
     @app.post("/api/v1/models", status_code=201)
     def add_model(body: ModelIn, actor: str = Depends(operator)) -> dict[str, Any]:
-        return pms.add_model(ctx(), body.name, body.part, actor)
+        return pms.add_model(ctx(), body.name, body.part, actor, dry_run=body.dry_run)
 
     @app.get("/api/v1/catalog")
     def catalog(_: str = Depends(operator)) -> dict[str, Any]:
@@ -171,7 +176,12 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.post("/api/v1/devices/{serial}/cves", status_code=201)
     def add_cve(serial: str, body: CveIn, actor: str = Depends(operator)) -> dict[str, Any]:
-        return tracking.track_cve(ctx(), serial, body.cve_id, body.status, actor)
+        return tracking.track_cve(ctx(), serial, body.cve_id, body.status, actor, dry_run=body.dry_run)
+
+    @app.get("/api/v1/cves")
+    def list_cves(serial: str | None = Query(default=None), status: str | None = Query(default=None),
+                  _: str = Depends(operator)) -> list[dict[str, Any]]:
+        return tracking.list_cves(ctx(), serial=serial, status=status)
 
     def jobs() -> Any:
         if platform.jobs is None:
@@ -181,7 +191,7 @@ def create_app(platform: Platform) -> FastAPI:
     @app.post("/api/v1/jobs", status_code=201)
     def create_job(body: JobIn, actor: str = Depends(operator)) -> dict[str, Any]:
         return jobs().create(body.method, body.params, actor=actor, serials=body.serials, all_devices=body.all,
-                             customer=body.customer, timeout_s=body.timeout_s)
+                             customer=body.customer, timeout_s=body.timeout_s, dry_run=body.dry_run)
 
     @app.get("/api/v1/jobs/{job_id}")
     def show_job(job_id: str, _: str = Depends(operator)) -> dict[str, Any]:
@@ -209,6 +219,12 @@ def create_app(platform: Platform) -> FastAPI:
         info = platform.store.add(name, chunks)
         return {**info, "url": platform.repo_url + info["name"]}
 
+    @app.get("/api/v1/repo/{name}")
+    def show_package(name: str, _: str = Depends(operator)) -> dict[str, Any]:
+        assert platform.store is not None
+        path = platform.store.path(name)
+        return {"name": path.name, "size": path.stat().st_size, "url": platform.repo_url + path.name}
+
     @app.get("/api/v1/repo")
     def list_packages(_: str = Depends(operator)) -> list[dict[str, Any]]:
         assert platform.store is not None
@@ -222,7 +238,9 @@ def create_app(platform: Platform) -> FastAPI:
         with ctx().registry.session() as s:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             if serial:
-                query = query.where(AuditEvent.serial == serial)
+                # Bulk operations (provisioning, claims) name their serials in the detail.
+                query = query.where(or_(AuditEvent.serial == serial,
+                                        cast(AuditEvent.detail, String).contains(f'"{serial}"')))
             return [
                 {"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "serial": e.serial,
                  "detail": e.detail}

@@ -102,8 +102,12 @@ class JobEngine:
     def create(
         self, method: str, params: dict[str, Any], *, actor: str, serials: list[str] | None = None,
         all_devices: bool = False, customer: str | None = None, timeout_s: float | None = None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
-        """Store a job for its targets and hand it to the sender; thread-safe."""
+        """Store a job for its targets and hand it to the sender; thread-safe.
+
+        A dry run checks the method, timeout and targets and stores and sends nothing.
+        """
         if method not in wire.RPC_METHODS:
             raise Refused(f"unknown method {method!r}; one of {', '.join(wire.RPC_METHODS)}")
         if not isinstance(params, dict):
@@ -114,6 +118,10 @@ class JobEngine:
         timeout = float(timeout_s or DEFAULT_TIMEOUT_S.get(method, 120.0))
         if not 0 < timeout <= MAX_TIMEOUT_S:
             raise Refused(f"timeout must be between 0 and {MAX_TIMEOUT_S} seconds")
+        if dry_run:
+            with self.ctx.registry.session() as s:
+                targets = self._resolve(s, serials, all_devices, customer)
+            return {"dry_run": True, "method": method, "params": params, "timeout_s": timeout, "targets": targets}
         job_id = secrets.token_hex(6)
         with self.ctx.registry.session() as s:
             targets = self._resolve(s, serials, all_devices, customer)

@@ -7,7 +7,6 @@ key's digest is stored; the key exists nowhere else but in that text.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from agent import wire
 from agent.env import AgentEnv
+from harness.client import files
 from harness.errors import Conflict, NotFound, Refused
 from harness.platform import audit
 from harness.platform.context import PlatformContext
@@ -53,7 +53,8 @@ def new_init_key() -> str:
 # -- customers, parts, models -------------------------------------------------------------------
 
 
-def add_customer(ctx: PlatformContext, name: str, tenant_id: str, actor: str) -> dict[str, Any]:
+def add_customer(ctx: PlatformContext, name: str, tenant_id: str, actor: str, *,
+                 dry_run: bool = False) -> dict[str, Any]:
     _check_name("customer", name)
     if not isinstance(tenant_id, str) or not _TENANT.match(tenant_id):
         raise Refused(f"tenant id {tenant_id!r} is malformed: 1-128 characters from letters, digits . _ : -")
@@ -62,22 +63,27 @@ def add_customer(ctx: PlatformContext, name: str, tenant_id: str, actor: str) ->
             raise Conflict(f"customer {name!r} exists already")
         if s.scalar(select(Customer).where(Customer.tenant_id == tenant_id)):
             raise Conflict(f"tenant id {tenant_id!r} belongs to another customer")
+        if dry_run:
+            return {"name": name, "tenant_id": tenant_id, "dry_run": True}
         s.add(Customer(name=name, tenant_id=tenant_id))
         audit.record(s, actor, "customer.add", customer=name, tenant_id=tenant_id)
     return {"name": name, "tenant_id": tenant_id}
 
 
-def add_part(ctx: PlatformContext, name: str, actor: str) -> dict[str, Any]:
+def add_part(ctx: PlatformContext, name: str, actor: str, *, dry_run: bool = False) -> dict[str, Any]:
     _check_name("part", name)
     with ctx.registry.session() as s:
         if s.scalar(select(Part).where(Part.name == name)):
             raise Conflict(f"part {name!r} exists already")
+        if dry_run:
+            return {"name": name, "dry_run": True}
         s.add(Part(name=name))
         audit.record(s, actor, "part.add", part=name)
     return {"name": name}
 
 
-def add_model(ctx: PlatformContext, name: str, part: str, actor: str) -> dict[str, Any]:
+def add_model(ctx: PlatformContext, name: str, part: str, actor: str, *,
+              dry_run: bool = False) -> dict[str, Any]:
     _check_name("model", name)
     with ctx.registry.session() as s:
         part_row = s.scalar(select(Part).where(Part.name == part))
@@ -85,6 +91,8 @@ def add_model(ctx: PlatformContext, name: str, part: str, actor: str) -> dict[st
             raise NotFound(f"unknown part {part!r}; add it with 'fleetrig pms part add {part}'")
         if s.scalar(select(DeviceModel).where(DeviceModel.name == name)):
             raise Conflict(f"model {name!r} exists already")
+        if dry_run:
+            return {"name": name, "part": part, "dry_run": True}
         s.add(DeviceModel(name=name, part=part_row))
         audit.record(s, actor, "model.add", model=name, part=part)
     return {"name": name, "part": part}
@@ -294,34 +302,12 @@ def reissue(ctx: PlatformContext, serial: str, actor: str) -> ProvisionResult:
     return ProvisionResult(serial, True, agent_env=render_agent_env(ctx, serial, tenant_id, key, auth, sig))
 
 
-def write_agent_envs(report_or_results: list[ProvisionResult], output_dir: Path) -> list[Path]:
-    """Write OUTPUT_DIR/SERIAL/agent.env (mode 0600) for every accepted result."""
-    written = []
-    for r in report_or_results:
-        if not r.ok or not r.agent_env:
-            continue
-        folder = output_dir / r.serial
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "agent.env"
-        tmp = folder / ".agent.env.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(r.agent_env)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+def write_agent_envs(results: list[ProvisionResult], output_dir: Path) -> list[Path]:
+    """Write OUTPUT_DIR/SERIAL/agent.env (mode 0600) for every accepted result (harness.client.files)."""
+    return files.write_agent_envs([r.as_dict() for r in results], output_dir)
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse an output dir that cannot be created or written, before anything is provisioned."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Refused(f"output dir {output_dir}: cannot create it ({exc.strerror})") from None
-    if not output_dir.is_dir():
-        raise Refused(f"output dir {output_dir}: exists and is not a directory")
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise Refused(f"output dir {output_dir}: not writable")
+check_output_dir = files.check_output_dir
 
 
 # -- devices ------------------------------------------------------------------------------------
