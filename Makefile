@@ -26,5 +26,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/lifecycle.py --devices 1000
 
+# TOUR_FILES: what the README tour writes (also in .gitignore).
+TOUR_FILES := out dev web serials.txt web.tar.gz fw.bin manifest.xml signer.key signer.crt
+
 clean:
-	rm -rf $(VENV) .reports .fleetrig
+	rm -rf $(VENV) .reports .fleetrig $(TOUR_FILES)

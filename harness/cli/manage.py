@@ -162,13 +162,16 @@ def ota_fota(
     tooloptions: str | None = typer.Option(None, "--tooloptions", help="Options for the firmware tool."),
     path: str | None = typer.Option(None, "--path", help="Where the firmware file goes on the device."),
     username: str | None = USERNAME, password: str | None = PASSWORD,
+    device_reboot: Literal["yes", "no"] | None = typer.Option(
+        None, "--device-reboot", help="Reboot into the new firmware at once (default yes; no: at the next boot)."),
     wait: bool = WAIT, timeout: float | None = TIMEOUT, dry_run: bool = DRY_RUN, yes: bool = YES,
     quiet: bool = QUIET, as_json: bool = JSON,
 ) -> None:
     """Firmware update: vendor, manufacturer and product must match; the release date must be newer."""
     params = {"fetch": fetch, "biosversion": biosversion, "vendor": vendor, "manufacturer": manufacturer,
               "product": product, "releasedate": releasedate, "signature": signature, "sigversion": sigversion,
-              "tooloptions": tooloptions, "path": path, "username": username, "password": password}
+              "tooloptions": tooloptions, "path": path, "username": username, "password": password,
+              "deviceReboot": device_reboot}
     _run(ctx, "triggerfota", params, serials, all_, customer, wait=wait, timeout=timeout, as_json=as_json,
          quiet=quiet, dry_run=dry_run, yes=yes)
 
