@@ -14,14 +14,29 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from harness.cli import audit, demo, eol, fleet, manage, pms, serve, sim
+from harness.cli.output import fail
 from harness.client import Client
 from harness.errors import Refused
 
+
+class RefusalsExit1(TyperGroup):
+    """A refusal from the platform or the CLI is one line on stderr and exit 1, in every command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Refused as exc:
+            fail(str(exc))
+
+
 app = typer.Typer(
+    cls=RefusalsExit1,
     name="fleetrig",
     help="Device fleet simulator, HIL test harness and provisioning platform.",
     no_args_is_help=True,
@@ -80,9 +95,6 @@ app.command("demo")(demo.demo)
 def main() -> None:
     try:
         app(standalone_mode=True)
-    except Refused as exc:
-        print(f"fleetrig: error: {exc}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -128,7 +128,7 @@ def provision(
     asks first unless --yes.
     """
     wanted = _read_serials(serials or [], serials_file)
-    check_output_dir(output_dir, create=not dry_run)
+    check_output_dir(output_dir, create=False)  # refused before anything is asked or made
     sig = None
     if signature_cert is not None:
         try:
@@ -139,6 +139,7 @@ def provision(
     part = part or _only_part(client)
     if not dry_run:
         approve(f"provision {len(wanted)} serial(s) for customer {customer}", yes, required=False)
+        check_output_dir(output_dir)
     report = client.provision(wanted, customer=customer, part=part, model=model, dry_run=dry_run,
                               atomic=atomic, auth=auth, signature_cert=sig)
     results = report["results"]
@@ -160,7 +161,7 @@ def reissue(
     as_json: bool = JSON,
 ) -> None:
     """Write a new agent.env (new init key; the old key stops working) without re-provisioning."""
-    check_output_dir(output_dir, create=not dry_run)
+    check_output_dir(output_dir, create=False)
     client = ctx.obj.client()
     if dry_run:
         device = client.device(serial)
@@ -171,6 +172,7 @@ def reissue(
             print(f"would reissue {serial} ({device['state']}): {path}; its current init key would stop working")
         return
     approve(f"reissue {serial}", yes, warning="its current init key stops working")
+    check_output_dir(output_dir)
     result = client.reissue(serial)
     (path,) = write_agent_envs([result], output_dir)
     if as_json:
