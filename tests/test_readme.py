@@ -15,6 +15,8 @@ Everything else runs unchanged; the first failing line fails the test, naming th
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 import shlex
@@ -124,7 +126,18 @@ def test_the_readme_tour_runs_as_written(tmp_path):
     assert len(steps) == len(commands) + len(blocks)
     # What the tour claims happened, happened.
     assert "disposed SN-0002" in out
-    assert '"status": 200' in out and "SN-0005" in out
+    results = [json.loads(line) for line in out.splitlines() if line.startswith('{"serial"')]
+    # SN-0005 checks signatures (provisioned with --signature-cert): the SHA-256 one passed.
+    assert any(r["serial"] == "SN-0005" and r["status"] == 200 and "firmware 2.0" in r["message"] for r in results)
     assert (tmp_path / "out" / "SN-0005" / "agent.env").exists()
     fleet_log = (tmp_path / ".fleet.log").read_text()
     assert "fleet ready: 5 of 5 devices live" in fleet_log and "fleet stopped" in fleet_log
+    # What the tour leaves in the working directory is ignored by git and removed by `make clean`.
+    written = {p.name for p in tmp_path.iterdir()} - {"tour.sh", ".serve.log", ".fleet.log"}
+    ignored = [line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    clean = " ".join(line for line in (ROOT / "Makefile").read_text().splitlines()
+                     if line.startswith(("TOUR_FILES", "\trm -rf")))
+    for name in written:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in ignored), f"{name} is not in .gitignore"
+        assert re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", clean), f"make clean leaves {name}"
