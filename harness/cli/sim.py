@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 app = group("Simulated devices.")
 #: Seconds between two refreshes of `sim fleet`'s status.
 STATUS_INTERVAL = 0.5
+#: Devices listed one per row in `sim fleet`'s status (the counts cover all).
+STATUS_ROWS = 40
 
 
 @app.command("device")
@@ -153,7 +155,10 @@ def _fleet_table(runner: Fleet):  # type: ignore[no-untyped-def]
     t = Table(title=f"{len(runner.devices)} simulated devices: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for column in ("serial", "family", "state", "reboots", "last error"):
         t.add_column(column)
-    for d in list(runner.devices.values())[:40]:
+    shown = list(runner.devices.values())[:STATUS_ROWS]
+    if len(shown) < len(runner.devices):
+        t.caption = f"the first {len(shown)} of {len(runner.devices)} devices"
+    for d in shown:
         state = "failed" if d.error else "live" if d.powered and d.live else "booting" if d.powered else "off"
         t.add_row(d.serial, d.family, state, str(d.reboots), (d.error or d.agent.last_error)[:60])
     return t
