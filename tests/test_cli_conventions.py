@@ -71,6 +71,8 @@ def test_every_changing_command_takes_dry_run_and_yes():
 
 def test_every_parameter_has_help_and_flags_read_as_flags():
     runner = CliRunner()
+    for param in typer.main.get_command(app).params:  # the global options
+        assert (param.help or "").strip(), f"fleetrig {param.name} has no help"
     for path, cmd in command_tree():
         for param in cmd.params:
             assert (param.help or "").strip(), f"fleetrig {' '.join(path)}: {param.name} has no help"

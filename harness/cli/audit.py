@@ -23,7 +23,7 @@ def audit(
     as_json: bool = JSON,
 ) -> None:
     """The audit log, newest first: provisioning, claims, reissues, jobs, disposals."""
-    rows = ctx.obj.client().audit(serial, limit)
+    rows = ctx.obj.client().audit(serial, limit, bulk=True)
     if as_json:
         emit_json(rows)
         return

@@ -146,10 +146,13 @@ class Client:
         params = {k: v for k, v in {"serial": serial, "status": status}.items() if v}
         return self._call("GET", "/cves", params=params)
 
-    def audit(self, serial: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def audit(self, serial: str | None = None, limit: int = 200, *, bulk: bool = False) -> list[dict[str, Any]]:
+        """The audit log, newest first; with `serial` its events, and with `bulk` also the bulk
+        operations (provisioning, claims) that named it."""
         params: dict[str, Any] = {"limit": limit}
         if serial:
             params["serial"] = serial
+            params["bulk"] = bulk
         return self._call("GET", "/audit", params=params)
 
     def stats(self) -> dict[str, Any]:

@@ -233,14 +233,17 @@ def create_app(platform: Platform) -> FastAPI:
     @app.get("/api/v1/audit")
     def audit_log(
         serial: str | None = Query(default=None), limit: int = Query(default=200, ge=1, le=10000),
+        bulk: bool = Query(default=False, description="With serial: also the bulk operations naming it."),
         _: str = Depends(operator),
     ) -> list[dict[str, Any]]:
         with ctx().registry.session() as s:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-            if serial:
+            if serial and bulk:
                 # Bulk operations (provisioning, claims) name their serials in the detail.
                 query = query.where(or_(AuditEvent.serial == serial,
                                         cast(AuditEvent.detail, String).contains(f'"{serial}"')))
+            elif serial:
+                query = query.where(AuditEvent.serial == serial)
             return [
                 {"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "serial": e.serial,
                  "detail": e.detail}
