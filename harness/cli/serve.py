@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from harness.broker.tuning import tune_process
 from harness.datadir import TOKEN_FILE
 from harness.errors import Refused
 from harness.platform.process import Platform, PlatformConfig
@@ -37,6 +38,7 @@ def serve(
     config = PlatformConfig(data_dir=data_dir, db_url=db, host=host, public_host=public_host,
                             http_port=http_port, mqtts_port=mqtts_port, mqtt_port=mqtt_port, repo_port=repo_port,
                             repo_user=repo_user, repo_password=repo_password)
+    tune_process()
     asyncio.run(_serve(config))
 
 
