@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -28,8 +27,6 @@ from agent import wire
 from agent.env import AgentEnv
 from agent.state import StateDir
 from harness.broker.limits import BrokerLimits
-from harness.client import Client
-from harness.platform.process import PlatformConfig, PlatformThread
 from harness.pytest_plugin.fixtures import RunningPlatform
 from tests.conftest import boot, connect_refused, mqtt_client, provision, tls_context, wait_for
 
@@ -39,18 +36,8 @@ LIMITS = BrokerLimits(connect_timeout=1.5, sweep_interval=0.2)
 
 
 @pytest.fixture
-def fleetrig_platform(tmp_path: Path) -> Iterator[RunningPlatform]:
-    """The plugin's platform fixture, with the tight broker limits above."""
-    data_dir = tmp_path / "platform"
-    thread = PlatformThread(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0, repo_port=0,
-                                           broker_limits=LIMITS))
-    platform = thread.start()
-    running = RunningPlatform(thread, Client(platform.api_url, platform.token, actor="pytest"), data_dir)
-    try:
-        yield running
-    finally:
-        running.client.close()
-        running.thread.stop()
+def fleetrig_broker_limits() -> BrokerLimits:
+    return LIMITS
 
 
 # -- raw MQTT 3.1.1 -----------------------------------------------------------------------------
