@@ -375,9 +375,9 @@ class CompatBroker(Broker):
         found = []
         for session, handler in self._sessions.values():
             keepalive = session.keep_alive
-            if keepalive and now - handler.last_packet_at > grace * keepalive:  # type: ignore[attr-defined]
-                if session.transitions.state == "connected":
-                    found.append((session, handler))
+            silent = now - handler.last_packet_at  # type: ignore[attr-defined]
+            if keepalive and silent > grace * keepalive and session.transitions.state == "connected":
+                found.append((session, handler))
         return found  # type: ignore[return-value]
 
     def awaiting_connect(self) -> Iterator[tuple[float, WriterAdapter]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -262,6 +263,7 @@ class Platform:
             "identities": len(self.ctx.identities) if self.ctx else 0,
             "registered": g.registered, "registration_refused": g.registration_refused,
             "births": g.births, "malformed": g.malformed, "batches": g.batches,
+            "broker": dataclasses.asdict(self.broker.stats),
         }
 
 
