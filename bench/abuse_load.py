@@ -271,7 +271,8 @@ def sweep_ms_per_10k() -> float:
         last_packet_at = time.monotonic()
 
     async def measure() -> float:
-        broker = FleetBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}}, BrokerHooks())
+        bare = {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}, "plugins": {}}
+        broker = FleetBroker(bare, BrokerHooks())
         for i in range(10_000):
             session = FleetSession()
             session.client_id, session.keep_alive = f"c{i}", 60

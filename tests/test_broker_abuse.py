@@ -33,6 +33,8 @@ from tests.conftest import boot, connect_refused, mqtt_client, provision, tls_co
 ROOT = Path(__file__).resolve().parent.parent
 #: Tight deadlines so the keepalive and connect tests finish in seconds.
 LIMITS = BrokerLimits(connect_timeout=1.5, sweep_interval=0.2)
+#: A broker with one unbound listener and no plugins, for tests of its own logic.
+BARE_BROKER = {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}, "plugins": {}}
 
 
 @pytest.fixture
@@ -369,7 +371,7 @@ async def test_connection_without_connect_is_closed(fleetrig_platform, fleetrig_
 def test_sweep_closes_only_silent_sessions():
     """The sweep's rule, on the broker's own objects: silent past 1.5 x keepalive, or no keepalive."""
     from harness.broker.amqtt_compat import FleetSession
-    from harness.broker.server import FleetBroker
+    from harness.broker.server import BrokerHooks, FleetBroker
 
     class Handler:
         def __init__(self, last: float) -> None:
@@ -379,7 +381,7 @@ def test_sweep_closes_only_silent_sessions():
             self.aborted = True
 
     async def run() -> dict[str, bool]:
-        broker = FleetBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}}, hooks=None)
+        broker = FleetBroker(BARE_BROKER, hooks=BrokerHooks())
         handlers = {}
         for client_id, keepalive, silent in (("a", 2, 2.9), ("b", 2, 3.1), ("c", 0, 1e6), ("d", 60, 89)):
             session = FleetSession()
@@ -443,8 +445,7 @@ gc.set_threshold(700, 10, 10)
 import harness.broker.server, harness.cli.main, harness.platform.process, simulators.fleet
 
 async def main():
-    harness.broker.server.FleetBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}},
-                                      harness.broker.server.BrokerHooks())
+    harness.broker.server.FleetBroker(%r, harness.broker.server.BrokerHooks())
 
 asyncio.run(main())
 print(gc.get_threshold(), asyncio.sslproto.SSLProtocol.max_size)
@@ -452,7 +453,7 @@ print(gc.get_threshold(), asyncio.sslproto.SSLProtocol.max_size)
 
 
 def test_importing_and_building_the_broker_tunes_nothing():
-    code = _BUILD_A_BROKER
+    code = _BUILD_A_BROKER % (BARE_BROKER,)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["(700,", "10,", "10)", str(256 * 1024)]
