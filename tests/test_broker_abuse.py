@@ -60,9 +60,14 @@ def _raw_str(text: str | bytes) -> bytes:
 
 
 def _raw_connect(client_id: str, *, username: str | None = None, password: str | None = None,
-                 keepalive: int = 60, clean: bool = True) -> bytes:
+                 keepalive: int = 60, clean: bool = True, will: tuple[str, bytes, bool] | None = None) -> bytes:
+    """A CONNECT; `will` is (topic, payload, retain), sent with QoS 1."""
     flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    if will is not None:
+        flags |= 0x04 | 0x08 | (0x20 if will[2] else 0)
     body = _raw_str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _raw_str(client_id)
+    if will is not None:
+        body += _raw_str(will[0]) + _raw_str(will[1])
     if username is not None:
         body += _raw_str(username)
     if password is not None:
@@ -70,12 +75,12 @@ def _raw_connect(client_id: str, *, username: str | None = None, password: str |
     return bytes([0x10]) + _raw_length(len(body)) + body
 
 
-async def _raw_session(env: AgentEnv, creds, *, keepalive: int = 60
+async def _raw_session(env: AgentEnv, creds, *, keepalive: int = 60, will: tuple[str, bytes, bool] | None = None
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TLS connection with the device's certificate and an accepted CONNECT."""
     reader, writer = await asyncio.open_connection(
         env.broker_host, env.broker_port, ssl=tls_context(env, creds.cert_path, creds.key_path))
-    writer.write(_raw_connect(creds.serial, username=creds.serial, keepalive=keepalive))
+    writer.write(_raw_connect(creds.serial, username=creds.serial, keepalive=keepalive, will=will))
     await writer.drain()
     connack = await asyncio.wait_for(reader.readexactly(4), 10)
     assert connack == b"\x20\x02\x00\x00", connack
@@ -176,19 +181,50 @@ async def test_own_will_fires_through_the_acl_and_reaches_the_platform(fleetrig_
     envs, creds = await _registered(fleetrig_platform, fleetrig_catalog, tmp_path, ["WO-001"])
     broker = fleetrig_platform.platform.broker
     env, own = envs["WO-001"], creds["WO-001"]
-    reader, writer = await asyncio.open_connection(
-        env.broker_host, env.broker_port, ssl=tls_context(env, own.cert_path, own.key_path))
     will_topic = wire.topic("WO-001", wire.STATUS)
-    body = (_raw_str("MQTT") + bytes([4, 0x80 | 0x20 | 0x08 | 0x04 | 0x02]) + struct.pack("!H", 60)
-            + _raw_str("WO-001") + _raw_str(will_topic) + _raw_str(wire.offline_status()) + _raw_str("WO-001"))
-    writer.write(bytes([0x10]) + _raw_length(len(body)) + body)  # will qos 1, retained
-    assert await asyncio.wait_for(reader.readexactly(4), 10) == b"\x20\x02\x00\x00"
+    _, writer = await _raw_session(env, own, will=(will_topic, wire.offline_status(), True))
     await wait_for(lambda: fleetrig_platform.client.device("WO-001")["connectivity"] == "online")
     writer.transport.abort()  # the socket drops without DISCONNECT
     await wait_for(lambda: broker.stats.wills_published == 1)
     await wait_for(lambda: fleetrig_platform.client.device("WO-001")["connectivity"] == "offline")
     # A retained will on the device's status topic is kept (the one topic that keeps one).
     assert broker.retained_topics() == {will_topic: wire.offline_status()}
+    # The retained caps apply to a will when it fires: one over the device's share is delivered
+    # (the platform hears it) but not kept.
+    big_will = b'{"v": 1, "state": "offline", "pad": "' + b"x" * LIMITS.retained_bytes_per_device + b'"}'
+    _, writer = await _raw_session(env, own, will=(will_topic, big_will, True))
+    await wait_for(lambda: broker.is_connected("WO-001"))
+    writer.transport.abort()
+    await wait_for(lambda: broker.stats.wills_published == 2)
+    await wait_for(lambda: broker.stats.retained_refused == 1)
+    assert broker.retained_topics() == {will_topic: wire.offline_status()}
+
+
+async def test_authorised_reconnect_takes_over_and_resumes(fleetrig_platform, fleetrig_catalog, tmp_path):
+    """The path a CONNECT takes once authorised: the live connection is closed, the stored session
+    (clean_session=0) resumed with its subscriptions, and the new connection is served."""
+    envs, creds = await _registered(fleetrig_platform, fleetrig_catalog, tmp_path, ["TO-001"])
+    broker = fleetrig_platform.platform.broker
+    env, own = envs["TO-001"], creds["TO-001"]
+    reader, writer = await _raw_session(env, own)
+    first = broker.session("TO-001")
+    async with _as_device(env, own, clean_session=False) as second:
+        assert await _closed_by_broker(reader)  # [MQTT-3.1.4-2]: the first connection is closed
+        writer.close()
+        await second.subscribe(wire.topic("TO-001", wire.RPC_REQUEST + "/+"), qos=1)
+        assert broker.is_connected("TO-001")
+    await wait_for(lambda: not broker.is_connected("TO-001"))
+    stored = broker.session("TO-001")
+    assert stored is not None and stored is not first
+    # A third connection resumes the stored session: its subscription is still there.
+    async with _as_device(env, own, clean_session=False) as third:
+        assert broker.session("TO-001") is stored
+        await broker.publish(wire.rpc_request_topic("TO-001", "again"), b'{"probe": 2}')
+        async with asyncio.timeout(10):
+            async for message in third.messages:
+                assert str(message.topic) == wire.rpc_request_topic("TO-001", "again")
+                break
+    await wait_for(lambda: fleetrig_platform.client.device("TO-001")["connectivity"] == "offline")
 
 
 # -- 2. a refused CONNECT changes nothing -------------------------------------------------------------
@@ -314,6 +350,22 @@ async def test_malformed_packets_close_only_the_attackers_connection(fleetrig_pl
         writer.close()
         assert await _nothing_arrives(victim, 0.5) == []
         await _victim_still_served(fleetrig_platform, victim, "MF-002")
+
+
+async def test_unreleased_qos2_messages_are_bounded(fleetrig_platform, fleetrig_catalog, tmp_path):
+    envs, creds = await _registered(fleetrig_platform, fleetrig_catalog, tmp_path, ["Q2-001"])
+    broker = fleetrig_platform.platform.broker
+    reader, writer = await _raw_session(envs["Q2-001"], creds["Q2-001"])
+    topic = _raw_str(wire.topic("Q2-001", wire.EVENTS))
+    payload = b'{"pad": "' + b"x" * 100_000 + b'"}'
+    # QoS 2 PUBLISHes whose PUBREL never comes: amqtt holds each one until it does.
+    for packet_id in range(1, LIMITS.max_inflight_qos2 + 5):
+        body = topic + struct.pack("!H", packet_id) + payload
+        writer.write(bytes([0x34]) + _raw_length(len(body)) + body)
+    await writer.drain()
+    assert await _closed_by_broker(reader)
+    writer.close()
+    assert broker.stats.malformed_packets == 1
 
 
 # -- 5. keepalive and idle connections ----------------------------------------------------------------

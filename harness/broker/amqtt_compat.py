@@ -467,7 +467,8 @@ class CompatBroker(Broker):
             if finished is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finished.wait(), timeout=10)
-        if candidate.clean_session:
+        if candidate.clean_session or stored.clean_session:
+            # A clean session's state ends with its connection [MQTT-3.1.2-6]: nothing to resume.
             await self._delete_session(client_id)
             return candidate
         for name in _RESUMED_FIELDS:
