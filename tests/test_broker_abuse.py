@@ -355,6 +355,12 @@ async def test_malformed_packets_close_only_the_attackers_connection(fleetrig_pl
 async def test_unreleased_qos2_messages_are_bounded(fleetrig_platform, fleetrig_catalog, tmp_path):
     envs, creds = await _registered(fleetrig_platform, fleetrig_catalog, tmp_path, ["Q2-001"])
     broker = fleetrig_platform.platform.broker
+    # QoS 2 as the protocol means it (each PUBLISH released) is served however many are sent.
+    event = wire.DeviceEvent("note", "qos 2").to_bytes()
+    async with _as_device(envs["Q2-001"], creds["Q2-001"]) as honest:
+        for _ in range(3 * LIMITS.max_inflight_qos2):
+            await honest.publish(wire.topic("Q2-001", wire.EVENTS), event, qos=2)
+    assert broker.stats.malformed_packets == 0
     reader, writer = await _raw_session(envs["Q2-001"], creds["Q2-001"])
     topic = _raw_str(wire.topic("Q2-001", wire.EVENTS))
     payload = b'{"pad": "' + b"x" * 100_000 + b'"}'

@@ -207,6 +207,8 @@ class FleetProtocolHandler(BrokerProtocolHandler):
         session = self.session
         reader = self.reader
         running: deque[asyncio.Task[None]] = deque()
+        # QoS 2 PUBLISH flows not finished: each waits for its PUBREL, holding its message.
+        unreleased: set[asyncio.Task[None]] = set()
         self._reader_ready.set()
         while True:
             try:
@@ -228,13 +230,17 @@ class FleetProtocolHandler(BrokerProtocolHandler):
                     self._refuse("malformed", f"packet type {header.packet_type} is reserved or not a client's")
                     break
                 packet = await packet_class(header).from_stream(reader, fixed_header=header)
-                if (header.packet_type == PUBLISH and packet.qos == QOS_2
-                        and len(session.inflight_in) >= self.limits.max_inflight_qos2):
+                qos2 = header.packet_type == PUBLISH and packet.qos == QOS_2
+                if qos2 and len(unreleased) >= self.limits.max_inflight_qos2:
                     self._refuse("malformed", f"more than {self.limits.max_inflight_qos2} QoS 2 messages "
                                               "waiting for their PUBREL")
                     break
                 await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=session)
-                running.append(asyncio.create_task(getattr(self, name)(packet)))
+                task = asyncio.create_task(getattr(self, name)(packet))
+                running.append(task)
+                if qos2:
+                    unreleased.add(task)
+                    task.add_done_callback(unreleased.discard)
             except (MQTTError, AMQTTError, CodecError, ValueError, UnicodeDecodeError) as exc:
                 self._refuse("malformed", f"undecodable packet ({str(exc)[:120]})")
                 break
