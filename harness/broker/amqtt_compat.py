@@ -402,7 +402,7 @@ class CompatBroker(Broker):
     def retained_topics(self) -> dict[str, bytes]:
         return {topic: bytes(message.data or b"") for topic, message in self._retained_messages.items()}
 
-    def store_retained(self, session: Session | None, topic: str, data: bytes, qos: int | None) -> None:
+    def store_retained(self, session: Session | None, topic: str, data: bytes | bytearray, qos: int | None) -> None:
         self._retained_messages[topic] = RetainedApplicationMessage(session, topic, data, qos)
 
     def clear_retained(self, topic: str) -> None:

@@ -120,7 +120,7 @@ class FleetBroker(CompatBroker):
             self.stats.publishes_refused += 1
             log.info("%s: %s on %r refused by the topic ACL", session.client_id, what, topic[:160])
             return
-        data = bytes(message.data or b"")
+        data = message.data or b""
         if will:
             self.stats.wills_published += 1
         await self.plugins_manager.fire_event(
@@ -130,7 +130,7 @@ class FleetBroker(CompatBroker):
         if message.retain:
             self._retain(session, topic, data, message.qos, what)
 
-    def _retain(self, session: Session, topic: str, data: bytes, qos: int | None, what: str) -> None:
+    def _retain(self, session: Session, topic: str, data: bytes | bytearray, qos: int | None, what: str) -> None:
         if not data:  # [MQTT-3.3.1-10]: an empty retained message clears the topic's
             self.clear_retained(topic)
             self.retained.cleared(topic)
