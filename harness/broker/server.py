@@ -14,11 +14,11 @@ internals it needs (and why each). What FleetBroker decides:
 * one sweep a second (`sweep`) closes sessions silent for 1.5 x their keepalive (the will fires,
   the platform marks the device offline) and connections with no CONNECT after
   `connect_timeout`. Measured on this project's 2-core VM: one sweep over 10,000 sessions'
-  stamps takes 1.3-5 ms, depending on what else the machine runs (at most 0.5 % of a core at one
-  a second; bench/abuse_load.py prints it as
-  sweep_ms_per_10k_sessions), while amqtt's keepalive, an asyncio.wait_for around every packet
-  read, costs 10-20 us more per packet than a plain read: 10-20 ms a second for 10,000 devices
-  sending one packet every 10 s, and a timer per packet sent on top.
+  stamps takes 1.3-5 ms, depending on what else the machine runs (at most 0.5 % of a core at
+  one a second; bench/abuse_load.py prints it as sweep_ms_per_10k_sessions), while amqtt's
+  keepalive, an asyncio.wait_for around every packet read, costs 10-20 us more per packet than
+  a plain read: 10-20 ms a second for 10,000 devices sending one packet every 10 s, and a
+  timer per packet sent on top.
 
 Process-wide tuning (GC, TLS buffers) is not done here: see harness.broker.tuning, which entry
 points call.
