@@ -5,7 +5,7 @@
 SPEC.json names the broker (host, port), the CA (PEM) and the clients as [serial, token] pairs, or
 [serial, token, cert_path, key_path] for devices that log in with their certificate.
 Each client connects with the credential its device logs in with, the same
-MQTT options as the agent, and one shared SSL context; nothing else. Prints one figure a line:
+MQTT options as the agent, and one shared SSL context for token clients; nothing else. Prints one figure a line:
 the process's RSS growth per connected client, and how many connected. It disconnects every
 client and exits by itself; each step is bounded in time.
 """
