@@ -31,6 +31,9 @@ RPC_RESPONSE = "rpc/response"
 
 #: Largest payload either side accepts; anything bigger is refused unread.
 MAX_PAYLOAD_BYTES = 256 * 1024
+#: Largest MQTT packet (its remaining length) either side accepts: a payload at its maximum plus
+#: room for the topic, packet id and, in a CONNECT, client id, credentials and will topic.
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4 * 1024
 
 SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
 _RPC_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

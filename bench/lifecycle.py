@@ -139,7 +139,7 @@ class PlatformProcess:
             self.proc.wait(10)
 
 
-def run_baseline(broker_url: str, clients: list[tuple[str, str]], ca_pem: str, workdir: Path,
+def run_baseline(broker_url: str, clients: list[tuple[str, ...]], ca_pem: str, workdir: Path,
                  concurrency: int) -> dict[str, str]:
     """bench/tls_baseline.py in a process of its own; its figures by name."""
     url = urlsplit(broker_url)
@@ -201,7 +201,9 @@ async def fleet_phase(envs: list[str], args: argparse.Namespace, workdir: Path, 
         for device in fleet.devices.values():
             creds = device.agent.state.credentials()
             if creds is not None:
-                tokens.append((device.serial, creds.token))
+                # A device logs in only with the credential kind it was provisioned for.
+                cert = [str(creds.cert_path), str(creds.key_path)] if args.auth == "x509" else []
+                tokens.append((device.serial, creds.token, *cert))
         try:
             await asyncio.wait_for(fleet.stop(), 120)
         except TimeoutError:

@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from harness.broker.tuning import tune_process
 from harness.platform.process import Platform, PlatformConfig
 
 
@@ -65,6 +66,7 @@ def main() -> None:
                         help="stop by itself after this long (default 3600)")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the platform's loop thread into FILE")
     args = parser.parse_args()
+    tune_process()
     logging.basicConfig(level=logging.WARNING, format="platform: %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args.data_dir, args.max_seconds, args.profile))
 

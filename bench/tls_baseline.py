@@ -2,9 +2,10 @@
 
     python bench/tls_baseline.py SPEC.json
 
-SPEC.json names the broker (host, port), the CA (PEM) and the clients as [serial, token] pairs.
-Each client connects with token authentication (what a device with AUTH=token does), the same
-MQTT options as the agent, and one shared SSL context; nothing else. Prints one figure a line:
+SPEC.json names the broker (host, port), the CA (PEM) and the clients as [serial, token] pairs, or
+[serial, token, cert_path, key_path] for devices that log in with their certificate.
+Each client connects with the credential its device logs in with, the same
+MQTT options as the agent, and one shared SSL context for token clients; nothing else. Prints one figure a line:
 the process's RSS growth per connected client, and how many connected. It disconnects every
 client and exits by itself; each step is bounded in time.
 """
@@ -49,11 +50,15 @@ async def run(spec: dict, concurrency: int, timeout: float) -> None:
     all_in = asyncio.Event()
     total = len(spec["clients"])
 
-    async def one(serial: str, token: str) -> None:
+    async def one(serial: str, token: str, cert: str = "", key: str = "") -> None:
         nonlocal connected, failed
+        tls, password = ctx, wire.TOKEN_PASSWORD_PREFIX + token
+        if cert:  # a certificate device: its certificate, as the agent presents it
+            tls, password = ssl.create_default_context(cadata=spec["ca_pem"]), None
+            tls.load_cert_chain(cert, key)
         client = aiomqtt.Client(
             spec["host"], spec["port"], identifier=serial, username=serial,
-            password=wire.TOKEN_PASSWORD_PREFIX + token, tls_context=ctx,
+            password=password, tls_context=tls,
             protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, keepalive=60, timeout=15,
         )
         try:
@@ -76,7 +81,7 @@ async def run(spec: dict, concurrency: int, timeout: float) -> None:
     gc.collect()
     before = rss_bytes()
     started = time.monotonic()
-    tasks = [asyncio.create_task(one(serial, token)) for serial, token in spec["clients"]]
+    tasks = [asyncio.create_task(one(*client)) for client in spec["clients"]]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_in.wait(), timeout)
     elapsed = time.monotonic() - started

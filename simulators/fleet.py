@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,8 @@ from pathlib import Path
 from agent.agent import Agent, AgentError, TlsContexts
 from agent.env import AgentEnv, load_agent_env
 from agent.state import StateDir
+from harness.broker.tuning import tune_process
 from simulators.hardware import SimulatedHardware
-
-#: Young-generation threshold of the cyclic garbage collector in a fleet process (default 700).
-GC_YOUNG_THRESHOLD = 5_000
-#: Middle-generation collections between full ones (default 10).
-GC_OLD_THRESHOLD = 100
 
 
 @dataclass
@@ -155,11 +150,9 @@ class Fleet:
             if current is not None:
                 current.shutdown(wait=False)
         # Each connect allocates (and drops) a few thousand objects; with thousands of agents
-        # alive, the collector's default thresholds (700, 10, 10) turn that into full passes
-        # over every agent (150 ms each at 5,000) again and again during a boot storm.
-        young, middle, old = gc.get_threshold()
-        if 0 < young < GC_YOUNG_THRESHOLD:
-            gc.set_threshold(GC_YOUNG_THRESHOLD, middle, max(old, GC_OLD_THRESHOLD))
+        # alive, the collector's default thresholds turn that into full passes over every agent
+        # (150 ms each at 5,000) again and again during a boot storm.
+        tune_process()
 
     def power_on(self, serial: str, *, until_live: bool = False) -> SimDevice:
         device = self.devices[serial]

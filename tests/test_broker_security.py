@@ -98,7 +98,8 @@ async def test_device_cannot_touch_another_devices_topics(fleetrig_platform, fle
     await fleet.power_off("ACL-001")
     before = await asyncio.to_thread(fleetrig_platform.client.device, "ACL-002")
 
-    async with mqtt_client(env, client_id="ACL-001", username="ACL-001", password="token:" + a.token) as attacker:
+    async with mqtt_client(env, client_id="ACL-001", username="ACL-001",
+                           tls=tls_context(env, a.cert_path, a.key_path)) as attacker:
         # Subscriptions to another device's topics are refused (SUBACK 0x80) ...
         for topic_filter in (wire.topic("ACL-002", wire.ACK), wire.topic("ACL-002", wire.RPC_REQUEST + "/+"),
                              wire.TOPIC_ROOT + "/#", "#", wire.topic("ACL-002", wire.REGISTER_RESPONSE)):

@@ -18,8 +18,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from agent import wire
-from harness.platform.identities import Identities, digest
-from harness.platform.pki import fingerprint_der
+from harness.broker.authenticator import Authenticator
 
 if TYPE_CHECKING:
     from harness.broker.server import FleetBroker
@@ -39,16 +38,23 @@ class RegistryAuthPlugin(BaseAuthPlugin):
     certificate presented in the TLS handshake. Anonymous and unknown clients are refused, and
     so is a certificate whose fingerprint is not the device's current one (revoked, or the
     device disposed). amqtt.contrib.cert checks only that a CA-signed SAN matches; the
-    registry check adds revocation.
+    registry check adds revocation. A device logs in only with the kind of credential it was
+    provisioned for: a certificate device's token (issued alongside its certificate) is refused.
     """
 
     @dataclass
     class Config:
-        identities: Any = None
+        authenticator: Any = None
 
     @property
-    def identities(self) -> Identities:
-        return self.config.identities
+    def authenticator(self) -> Authenticator:
+        return self.config.authenticator
+
+    def _kind_refusal(self, serial: str, used: str) -> str:
+        mode = self.authenticator.auth_mode(serial)
+        if mode is not None and mode != used:
+            return f"the device is provisioned for {mode} credentials, not {used}"
+        return f"{used} credential unknown or revoked"
 
     async def authenticate(self, *, session: Session) -> bool | None:
         serial = session.username or ""
@@ -60,14 +66,15 @@ class RegistryAuthPlugin(BaseAuthPlugin):
             password = password.decode("utf-8", "replace")
         if password.startswith(wire.INIT_PASSWORD_PREFIX):
             key = password[len(wire.INIT_PASSWORD_PREFIX):]
-            if not self.identities.init_key_ok(serial, key):
+            key_hash = self.authenticator.init_key_hash(serial, key)
+            if key_hash is None:
                 log.info("refused connect of %s: init key unknown, used or revoked", serial)
                 return False
             session.attributes[ROLE] = wire.ROLE_REGISTRATION
-            session.attributes[INIT_KEY_HASH] = digest(key)
+            session.attributes[INIT_KEY_HASH] = key_hash
         elif password.startswith(wire.TOKEN_PASSWORD_PREFIX):
-            if not self.identities.token_ok(serial, password[len(wire.TOKEN_PASSWORD_PREFIX):]):
-                log.info("refused connect of %s: token unknown or revoked", serial)
+            if not self.authenticator.token_ok(serial, password[len(wire.TOKEN_PASSWORD_PREFIX):]):
+                log.info("refused connect of %s: %s", serial, self._kind_refusal(serial, wire.AUTH_TOKEN))
                 return False
             session.attributes[ROLE] = wire.ROLE_DEVICE
         elif not password:
@@ -75,10 +82,10 @@ class RegistryAuthPlugin(BaseAuthPlugin):
             if not der:
                 log.info("refused connect of %s: no password and no client certificate", serial)
                 return False
-            # The TLS layer parsed and verified the chain; the registry names certificates by the
-            # SHA-256 of their DER, which is what the handshake carried.
-            if not self.identities.certificate_ok(serial, fingerprint_der(der)):
-                log.info("refused connect of %s: certificate is not the device's current one", serial)
+            # The TLS layer parsed and verified the chain; the registry checks it is the device's
+            # current certificate (not revoked, not another device's).
+            if not self.authenticator.certificate_ok(serial, der):
+                log.info("refused connect of %s: %s", serial, self._kind_refusal(serial, wire.AUTH_X509))
                 return False
             session.attributes[ROLE] = wire.ROLE_DEVICE
         else:
@@ -137,15 +144,13 @@ class PlatformHookPlugin(BasePlugin[BrokerContext]):
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
         broker: FleetBroker | None = self.hooks.extra.get("broker")
-        if broker is not None and client_id in broker._sessions and not broker.is_current(client_session):
+        if broker is not None and broker.session(client_id) not in (None, client_session):
             return  # a replaced connection: the client id is connected again through a new one
         if self.hooks.on_session:
             await self.hooks.on_session(client_session, False)
 
-    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
-        broker: FleetBroker | None = self.hooks.extra.get("broker")
-        if self.hooks.on_message is None or broker is None:
-            return
-        entry = broker._sessions.get(client_id)
-        if entry is not None:
-            await self.hooks.on_message(entry[0], message.topic, bytes(message.data or b""))
+    async def on_broker_message_broadcast(self, *, client_id: str, message: Any,
+                                          client_session: Session | None = None) -> None:
+        # FleetBroker passes the publishing session (a PUBLISH or a last will that passed the ACL).
+        if self.hooks.on_message is not None and client_session is not None:
+            await self.hooks.on_message(client_session, message.topic, bytes(message.data or b""))

@@ -48,6 +48,7 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Run the platform: registry, REST API, the built-in MQTT broker (TLS) and the package repository."""
+    from harness.broker.tuning import tune_process
     from harness.platform.process import PlatformConfig
 
     chosen = data_dir or (ctx.obj.data_dir if ctx.obj is not None else None) or Path(DEFAULT_DATA_DIR)
@@ -59,6 +60,7 @@ def serve(
     config = PlatformConfig(data_dir=chosen, db_url=db, host=host, public_host=public_host,
                             http_port=http_port, mqtts_port=mqtts_port, mqtt_port=mqtt_port, repo_port=repo_port,
                             repo_user=repo_user, repo_password=repo_password)
+    tune_process()
     asyncio.run(_serve(config))
 
 

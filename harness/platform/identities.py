@@ -4,6 +4,11 @@ The broker authenticates hundreds of connects per second; a database query for e
 block its event loop. So the platform loads every device's live credentials once, and each
 operation that changes them (provision, reissue, register, dispose) updates this table right
 after its transaction commits. Secrets are held as SHA-256 digests only.
+
+`Identities` is the broker's harness.broker.authenticator.Authenticator: the broker imports
+nothing of the platform, the platform hands it this table. Each device logs in only with the
+credential kind it was provisioned for (`auth_mode`): registration issues a certificate and a
+token to every device, and a certificate device's token must not open a session.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from agent import wire
 from harness.platform.models import Credential, Device, InitKey
+from harness.platform.pki import fingerprint_der
 
 
 def digest(secret: str) -> str:
@@ -31,6 +38,8 @@ class Identity:
     init_key_hash: str | None = None
     cert_fingerprint: str | None = None
     token_hash: str | None = None
+    #: The credential kind the device was provisioned for (wire.AUTH_*); None logs in with neither.
+    auth_mode: str | None = None
 
 
 class Identities:
@@ -57,11 +66,14 @@ class Identities:
             )
             if used_at is None or (device_id in creds and creds[device_id].first_used_at is None)
         }
-        for device_id, serial, state in session.execute(select(Device.id, Device.serial, Device.state)):
+        for device_id, serial, state, auth_mode in session.execute(
+            select(Device.id, Device.serial, Device.state, Device.auth_mode)
+        ):
             cred = creds.get(device_id)
             table[serial] = Identity(
                 serial=serial,
                 state=state,
+                auth_mode=auth_mode,
                 init_key_hash=keys.get(device_id),
                 cert_fingerprint=cred.cert_fingerprint if cred else None,
                 token_hash=cred.token_hash if cred else None,
@@ -90,16 +102,24 @@ class Identities:
     def __len__(self) -> int:
         return len(self._by_serial)
 
-    # Checks used by the broker's authentication plugin.
+    # The broker's Authenticator (harness.broker.authenticator).
 
-    def init_key_ok(self, serial: str, key: str) -> bool:
+    def init_key_hash(self, serial: str, key: str) -> str | None:
         ident = self._by_serial.get(serial)
-        return bool(ident and ident.init_key_hash and hmac.compare_digest(ident.init_key_hash, digest(key)))
+        if ident and ident.init_key_hash and hmac.compare_digest(ident.init_key_hash, digest(key)):
+            return ident.init_key_hash
+        return None
 
     def token_ok(self, serial: str, token: str) -> bool:
         ident = self._by_serial.get(serial)
-        return bool(ident and ident.token_hash and hmac.compare_digest(ident.token_hash, digest(token)))
+        return bool(ident and ident.auth_mode == wire.AUTH_TOKEN and ident.token_hash
+                    and hmac.compare_digest(ident.token_hash, digest(token)))
 
-    def certificate_ok(self, serial: str, fingerprint: str) -> bool:
+    def certificate_ok(self, serial: str, der: bytes) -> bool:
         ident = self._by_serial.get(serial)
-        return bool(ident and ident.cert_fingerprint and hmac.compare_digest(ident.cert_fingerprint, fingerprint))
+        return bool(ident and ident.auth_mode == wire.AUTH_X509 and ident.cert_fingerprint
+                    and hmac.compare_digest(ident.cert_fingerprint, fingerprint_der(der)))
+
+    def auth_mode(self, serial: str) -> str | None:
+        ident = self._by_serial.get(serial)
+        return ident.auth_mode if ident else None

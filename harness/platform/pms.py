@@ -263,7 +263,8 @@ def provision(
         )
         tenant_id = cust.tenant_id
     for r in accepted:
-        ctx.identities.put(Identity(serial=r.serial, state="provisioned", init_key_hash=digest(keys[r.serial])))
+        ctx.identities.put(Identity(serial=r.serial, state="provisioned", init_key_hash=digest(keys[r.serial]),
+                                     auth_mode=auth))
         r.agent_env = render_agent_env(ctx, r.serial, tenant_id, keys[r.serial], auth, signature_cert)
     return report
 

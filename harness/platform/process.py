@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 import uvicorn
 
-from harness.broker.server import BrokerHooks, FleetBroker, broker_config
+from harness.broker.server import BrokerHooks, BrokerLimits, FleetBroker, broker_config
 from harness.datadir import STATE_FILE, TOKEN_FILE, read_operator_token, read_state
 from harness.errors import Refused
 from harness.platform import telemetry
@@ -68,6 +69,8 @@ class PlatformConfig:
     repo_password: str | None = None
     #: Days of telemetry and device events kept; older rows are pruned hourly.
     retention_days: int = telemetry.DEFAULT_RETENTION_DAYS
+    #: Bounds the broker enforces per connection (packet size, connect deadline, keepalive, retained).
+    broker_limits: BrokerLimits | None = None
 
 
 def _url_host(host: str) -> str:
@@ -140,9 +143,9 @@ class Platform:
         if mqtt_port == 0:
             mqtt_port = free_port("127.0.0.1")
         self.broker = FleetBroker(
-            broker_config(identities=identities, hooks=hooks, host=self.config.host, mqtts_port=mqtts_port,
+            broker_config(authenticator=identities, hooks=hooks, host=self.config.host, mqtts_port=mqtts_port,
                           certfile=certfile, keyfile=keyfile, cafile=ca.cert_path, mqtt_port=mqtt_port),
-            hooks,
+            hooks, self.config.broker_limits,
         )
         hooks.extra["broker"] = self.broker
         self.gateway = DeviceGateway(self.ctx, self.broker.publish)
@@ -237,16 +240,8 @@ class Platform:
     # -- broker control ---------------------------------------------------------------------------
 
     async def _drop(self, serial: str, only_role: str | None = None) -> None:
-        from harness.broker.plugins import ROLE
-
-        if self.broker is None:
-            return
-        entry = self.broker._sessions.get(serial)
-        if entry is None:
-            return
-        if only_role is not None and entry[0].attributes.get(ROLE) != only_role:
-            return
-        await self.broker.drop(serial)
+        if self.broker is not None:
+            await self.broker.drop(serial, role=only_role)
 
     def _drop_threadsafe(self, serial: str, only_role: str | None = None) -> None:
         if self._loop is None or self._loop.is_closed():
@@ -268,6 +263,7 @@ class Platform:
             "identities": len(self.ctx.identities) if self.ctx else 0,
             "registered": g.registered, "registration_refused": g.registration_refused,
             "births": g.births, "malformed": g.malformed, "batches": g.batches,
+            "broker": dataclasses.asdict(self.broker.stats),
         }
 
 

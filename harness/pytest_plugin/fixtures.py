@@ -11,6 +11,7 @@ Fixtures:
     fleetrig_platform  a running platform (PlatformThread), with `.client` (REST library),
                        `.ctx` (in-process operations) and `.data_dir`; one per test.
     fleetrig_catalog   customer ACME (tenant acme-0001), part "evk", model "evk-rev-a".
+    fleetrig_broker_limits  the broker's BrokerLimits for fleetrig_platform (None: defaults).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.broker.limits import BrokerLimits
 from harness.client import Client
 from harness.platform.context import PlatformContext
 from harness.platform.process import Platform, PlatformConfig, PlatformThread
@@ -56,9 +58,16 @@ class Catalog:
 
 
 @pytest.fixture
-def fleetrig_platform(tmp_path: Path) -> Iterator[RunningPlatform]:
+def fleetrig_broker_limits() -> BrokerLimits | None:
+    """The broker's limits for fleetrig_platform (None: the defaults); override it in a test module."""
+    return None
+
+
+@pytest.fixture
+def fleetrig_platform(tmp_path: Path, fleetrig_broker_limits: BrokerLimits | None) -> Iterator[RunningPlatform]:
     data_dir = tmp_path / "platform"
-    thread = PlatformThread(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0, repo_port=0))
+    thread = PlatformThread(PlatformConfig(data_dir=data_dir, http_port=0, mqtts_port=0, repo_port=0,
+                                           broker_limits=fleetrig_broker_limits))
     platform = thread.start()
     running = RunningPlatform(thread, Client(platform.api_url, platform.token, actor="pytest"), data_dir)
     try:
