@@ -33,6 +33,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 from lifecycle import FAMILIES, PlatformProcess, figure  # noqa: E402
 
 from agent.env import parse_agent_env  # noqa: E402
+from harness.broker.tuning import tune_process  # noqa: E402
 from harness.client import Client  # noqa: E402
 from harness.datadir import read_operator_token  # noqa: E402
 from simulators.fleet import Fleet  # noqa: E402
@@ -97,6 +98,7 @@ def main() -> int:
         try:
             state = platform.start()
             client = Client(state["api_url"], read_operator_token(workdir / "platform"), actor="bench")
+            tune_process()
             asyncio.run(run(args, workdir, client))
         finally:
             platform.stop()

@@ -50,6 +50,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
 from agent.env import parse_agent_env  # noqa: E402
+from harness.broker.tuning import tune_process  # noqa: E402
 from harness.client import Client  # noqa: E402
 from harness.datadir import read_operator_token, read_state  # noqa: E402
 from simulators.fleet import Fleet  # noqa: E402
@@ -274,6 +275,7 @@ def main() -> int:
 
                 profiler = cProfile.Profile()
                 profiler.enable()
+            tune_process()
             result = asyncio.run(fleet_phase(envs, args, workdir, client, platform, state["broker_url"], ca_pem))
             if profiler is not None:
                 profiler.disable()

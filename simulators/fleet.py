@@ -19,7 +19,6 @@ from pathlib import Path
 from agent.agent import Agent, AgentError, TlsContexts
 from agent.env import AgentEnv, load_agent_env
 from agent.state import StateDir
-from harness.broker.tuning import tune_process
 from simulators.hardware import SimulatedHardware
 
 
@@ -137,7 +136,11 @@ class Fleet:
             self._settled(device.serial)
 
     def _prepare_loop(self) -> None:
-        """Process and loop settings for thousands of agents; made once, at the first power-on."""
+        """Loop settings for thousands of agents; made once, at the first power-on.
+
+        Process-wide tuning (garbage collector, TLS buffers) is the entry point's call:
+        harness.broker.tuning.tune_process(), which `fleetrig sim fleet`, the demo and the benches make.
+        """
         loop = asyncio.get_running_loop()
         if self._prepared_loop is loop:
             return
@@ -149,10 +152,6 @@ class Fleet:
             )
             if current is not None:
                 current.shutdown(wait=False)
-        # Each connect allocates (and drops) a few thousand objects; with thousands of agents
-        # alive, the collector's default thresholds turn that into full passes over every agent
-        # (150 ms each at 5,000) again and again during a boot storm.
-        tune_process()
 
     def power_on(self, serial: str, *, until_live: bool = False) -> SimDevice:
         device = self.devices[serial]

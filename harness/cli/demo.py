@@ -31,6 +31,7 @@ def demo(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Use this data dir instead of a temporary one."),
 ) -> None:
     """Provision, boot, claim and dispose on a simulated fleet; print what happened."""
+    from harness.broker.tuning import tune_process
     from harness.platform.process import PlatformConfig, PlatformThread
 
     logging.getLogger("amqtt").setLevel(logging.CRITICAL)
@@ -42,6 +43,7 @@ def demo(
         console.print(f"platform: API [bold]{platform.api_url}[/]  broker [bold]{platform.broker_url}[/]")
         client = Client(platform.api_url, platform.token, actor="demo")
         try:
+            tune_process()  # the platform and 200 agents share this process
             asyncio.run(_demo(client, root, devices, keep))
         finally:
             client.close()

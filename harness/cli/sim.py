@@ -138,6 +138,9 @@ def fleet(
             runner.add(env, state_dir / env.serial, family or FAMILY_NAMES[i % len(FAMILY_NAMES)])
         await _run_fleet(runner, duration)
 
+    from harness.broker.tuning import tune_process
+
+    tune_process()  # thousands of agents in this process: see harness/broker/tuning.py
     asyncio.run(run())
 
 
