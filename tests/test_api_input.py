@@ -15,6 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from agent import wire
+from harness.errors import Refused
+from harness.platform import pms, tracking
 from harness.platform.api import DEFAULT_MAX_BODY_BYTES
 from harness.platform.models import Customer, Device, Job
 from tests.conftest import boot, provision
@@ -157,7 +159,16 @@ def test_names_with_a_trailing_newline_are_refused(fleetrig_platform, fleetrig_c
                        ("/api/v1/models", {"name": "m2" + suffix, "part": "evk"}),
                        ("/api/v1/devices/SN-0001/cves", {"cve_id": "CVE-2024-1234" + suffix})):
         response = httpx.post(api + path, headers=auth, json=body)
-        assert response.status_code == 400, (path, response.text)
+        assert response.status_code == 422, (path, response.text)
+        assert "should match pattern" in response.json()["detail"]
+    # The operations refuse them too, whoever calls them (the schema is not their only guard).
+    ctx = fleetrig_platform.ctx
+    for call in (lambda: pms.add_customer(ctx, "ACME2" + suffix, "t-2", "test"),
+                 lambda: pms.add_customer(ctx, "ACME2", "t-2" + suffix, "test"),
+                 lambda: pms.add_part(ctx, "evk2" + suffix, "test"),
+                 lambda: tracking.track_cve(ctx, "SN-0001", "CVE-2024-1234" + suffix, "open", "test")):
+        with pytest.raises(Refused, match=r"malformed|not a CVE id"):
+            call()
     assert _count(fleetrig_platform, Customer) == 1
     response = httpx.put(f"{api}/api/v1/repo/pkg.bin%0A", headers=auth, content=b"data")
     assert response.status_code == 400 and "package name" in response.json()["detail"]

@@ -27,10 +27,11 @@ import asyncio
 import hmac
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -43,7 +44,7 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from agent import wire
 from harness.errors import Refused
-from harness.platform import eol, fleet, pms, telemetry, tracking
+from harness.platform import eol, fleet, pms, repo, telemetry, tracking
 from harness.platform.context import PlatformContext
 from harness.platform.jobs import MAX_TIMEOUT_S, JobEngine
 from harness.platform.models import AuditEvent
@@ -149,11 +150,34 @@ class _ContractRequest(Request):
         return self._json
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
 class _ContractRoute(APIRoute):
+    """Routes that parse JSON through the wire contract and refuse unknown or repeated query parameters.
+
+    An unknown parameter is refused rather than ignored: `GET /devices?stat=registered` (a typo)
+    would otherwise list every device as if it had filtered them.
+    """
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        known = _query_names(self.dependant)
 
         async def route(request: Request) -> Response:
+            names = [name for name, _value in request.query_params.multi_items()]
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise HTTPException(status_code=422, detail=(
+                    f"unknown query parameter {wire.shorten(unknown[0])}; "
+                    f"this route takes {', '.join(sorted(known)) or 'none'}"))
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:  # each takes one value: which of several would win is nobody's guess
+                raise HTTPException(status_code=422, detail=f"query parameter {repeated[0]!r} given more than once")
             return await handler(_ContractRequest(request.scope, request.receive))
 
         return route
@@ -161,13 +185,23 @@ class _ContractRoute(APIRoute):
 
 # -- bodies ------------------------------------------------------------------------------------------
 
-Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS)]
+def _rule(rule: str) -> str:
+    """A registry rule as a schema pattern: anchored at both ends, as JSON Schema reads `$`."""
+    return f"^{rule}$"
+
+
+Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, pattern=_rule(pms.NAME_RULE))]
+Tenant = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, pattern=_rule(pms.TENANT_RULE))]
+# Tuples of allowed values, declared as enums (Literal[tuple] takes each item as one value).
+AuthMode = Literal[wire.AUTH_MODES]  # type: ignore[valid-type]
+RpcMethod = Literal[wire.RPC_METHODS]  # type: ignore[valid-type]
+CveState = Literal[tracking.CVE_STATES]  # type: ignore[valid-type]
 Serials = Annotated[list[str], Field(min_length=1, max_length=pms.MAX_BULK)]
 
 
 class CustomerIn(BaseModel):
     name: Name
-    tenant_id: Name
+    tenant_id: Tenant
 
 
 class PartIn(BaseModel):
@@ -186,7 +220,7 @@ class ProvisionIn(BaseModel):
     model: Name | None = None
     dry_run: bool = False
     atomic: bool = False
-    auth: str = Field(default=wire.AUTH_X509, max_length=16)
+    auth: AuthMode = wire.AUTH_X509
     signature_cert: str | None = Field(default=None, max_length=64 * 1024)
 
 
@@ -202,12 +236,12 @@ class DisposeIn(BaseModel):
 
 
 class CveIn(BaseModel):
-    cve_id: str = Field(max_length=32)
-    status: str = Field(default="open", max_length=32)
+    cve_id: str = Field(max_length=32, pattern=_rule(tracking.CVE_RULE))
+    status: CveState = "open"
 
 
 class JobIn(BaseModel):
-    method: str = Field(max_length=32)
+    method: RpcMethod
     params: dict[str, Any] = Field(default_factory=dict)
     serials: Serials | None = None
     all: bool = False
@@ -350,7 +384,8 @@ def create_app(services: ApiServices) -> FastAPI:
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
-    async def add_package(name: Annotated[str, PathParam(max_length=128)], request: Request,
+    async def add_package(name: Annotated[str, PathParam(max_length=128, pattern=_rule(repo.NAME_RULE))],
+                          request: Request,
                           _: str = Depends(operator)) -> dict[str, Any]:
         check_name(name)  # before a byte of the body is read
         with services.store.writer(name) as write:

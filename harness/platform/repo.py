@@ -24,8 +24,10 @@ from agent.wire import shorten
 from harness.errors import NotFound, Refused
 
 MAX_PACKAGE_BYTES = 256 * 1024 * 1024
+#: A package name, unanchored (the REST API declares it in its schema); no ".." either.
+NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
 #: A full match (`\Z`, not `$`, which would let "pkg.bin\n" in).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+_NAME = re.compile(NAME_RULE + r"\Z")
 
 
 def check_name(name: str) -> str:

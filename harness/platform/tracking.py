@@ -16,7 +16,8 @@ from harness.platform import audit
 from harness.platform.context import PlatformContext
 from harness.platform.models import CveRecord, Device
 
-_CVE = re.compile(r"CVE-\d{4}-\d{4,7}\Z")  # \Z: `$` would accept a final newline
+CVE_RULE = r"CVE-\d{4}-\d{4,7}"
+_CVE = re.compile(CVE_RULE + r"\Z")  # \Z: `$` would accept a final newline
 CVE_STATES = ("open", "mitigated", "fixed", "not-affected")
 
 
