@@ -185,13 +185,16 @@ class _ContractRoute(APIRoute):
 
 # -- bodies ------------------------------------------------------------------------------------------
 
-def _rule(rule: str) -> str:
-    """A registry rule as a schema pattern: anchored at both ends, as JSON Schema reads `$`."""
-    return f"^{rule}$"
+def _rule(rule: str) -> dict[str, str]:
+    """A registry rule, declared in the schema only (anchored as JSON Schema reads `$`).
+
+    The operation checks it, once, with its own message ("tenant id ... is malformed: ...").
+    """
+    return {"pattern": f"^{rule}$"}
 
 
-Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, pattern=_rule(pms.NAME_RULE))]
-Tenant = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, pattern=_rule(pms.TENANT_RULE))]
+Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, json_schema_extra=_rule(pms.NAME_RULE))]
+Tenant = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, json_schema_extra=_rule(pms.TENANT_RULE))]
 # Tuples of allowed values, declared as enums (Literal[tuple] takes each item as one value).
 AuthMode = Literal[wire.AUTH_MODES]  # type: ignore[valid-type]
 RpcMethod = Literal[wire.RPC_METHODS]  # type: ignore[valid-type]
@@ -236,7 +239,7 @@ class DisposeIn(BaseModel):
 
 
 class CveIn(BaseModel):
-    cve_id: str = Field(max_length=32, pattern=_rule(tracking.CVE_RULE))
+    cve_id: str = Field(max_length=32, json_schema_extra=_rule(tracking.CVE_RULE))
     status: CveState = "open"
 
 
@@ -384,7 +387,7 @@ def create_app(services: ApiServices) -> FastAPI:
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
-    async def add_package(name: Annotated[str, PathParam(max_length=128, pattern=_rule(repo.NAME_RULE))],
+    async def add_package(name: Annotated[str, PathParam(max_length=128, json_schema_extra=_rule(repo.NAME_RULE))],
                           request: Request,
                           _: str = Depends(operator)) -> dict[str, Any]:
         check_name(name)  # before a byte of the body is read

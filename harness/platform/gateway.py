@@ -12,9 +12,11 @@ the contract let through that the database still refuses, a constraint, a full d
 is rolled back and its items are applied again one transaction each, so only the failing item
 is lost and its device alone is told "platform error". Retrying after a failure was chosen over
 a savepoint per item: a SAVEPOINT forces a flush per item, where the batch otherwise writes
-everything in one flush at commit (a batch costs ~3x a small batch's per-item work, see
-`batch_window`), and after validation at the wire a failing batch is the rare case, so the
-common path keeps its one transaction and only a failure pays per item.
+everything in one flush at commit. bench/gateway_batch.py, 500 telemetry items a batch on
+SQLite: 571 items/s in one transaction, 141 with a savepoint per item (4x slower, on every
+batch), 133 for a batch that failed and was retried item by item. After validation at the wire
+a failing batch is the rare case, so the common path keeps its one transaction and only a
+failure pays per item.
 """
 
 from __future__ import annotations
