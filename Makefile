@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# A longer schemathesis run against the REST API than the one in `make test` (25 examples per
+# operation and mode there; ~2 s per 10 examples of every operation on this machine).
+fuzz: $(STAMP)
+	FLEETRIG_FUZZ_EXAMPLES=$${FLEETRIG_FUZZ_EXAMPLES:-200} $(BIN)/python -m pytest -q tests/test_api_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

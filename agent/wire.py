@@ -11,6 +11,7 @@ Debian's own python3.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +36,22 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 #: room for the topic, packet id and, in a CONNECT, client id, credentials and will topic.
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4 * 1024
 
-SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
-_RPC_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Deepest nesting of arrays and objects accepted in any JSON input, MQTT payload or REST body.
+#: The deepest real message (telemetry: payload, samples, sample, network, interface, counter) is
+#: 6 levels. Python's recursive encoders and decoders (json, pydantic, FastAPI's jsonable_encoder)
+#: fail somewhere between 300 and 1000 levels, after a value was stored; 32 keeps both far apart.
+MAX_JSON_DEPTH = 32
+
+#: The range of a signed 64-bit integer column (SQLite INTEGER, PostgreSQL BIGINT).
+INT64_MAX = 2**63 - 1
+
+#: Sample timestamps (seconds since the epoch) accepted: 1970-01-01 to 9999-12-31, which
+#: datetime can represent; anything else is a device clock or a payload gone wrong.
+MAX_TIMESTAMP = 253_402_300_799
+
+#: Full-match patterns: `\Z`, not `$`, which also matches before a final newline.
+SERIAL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,63}\Z")
+_RPC_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 # How a CONNECT says which credential it carries (username is always the serial,
 # client id is always the serial).
@@ -55,11 +70,22 @@ class WireError(ValueError):
     """A payload or topic that does not follow the contract; the message names what is wrong."""
 
 
+def shorten(value: object, limit: int = 40) -> str:
+    """`repr(value)`, cut to about `limit` characters: refusals name a bad value, never echo it whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def is_request_id(request_id: str) -> bool:
+    """True for an RPC request id as the platform makes them (the last level of the rpc topics)."""
+    return bool(_RPC_ID_PATTERN.fullmatch(request_id))
+
+
 def check_serial(serial: str) -> str:
     """Return the serial if it is well formed, else raise WireError naming the rule it breaks."""
-    if not isinstance(serial, str) or not SERIAL_PATTERN.match(serial):
+    if not isinstance(serial, str) or not SERIAL_PATTERN.fullmatch(serial):
         raise WireError(
-            f"malformed serial {serial!r}: use 3-64 characters from A-Z a-z 0-9 . _ -, "
+            f"malformed serial {shorten(serial)}: use 3-64 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit"
         )
     return serial
@@ -114,7 +140,7 @@ def may_publish(role: str, serial: str, full_topic: str) -> bool:
     if suffix in _PUBLISH.get(role, ()):
         return True
     if role == ROLE_DEVICE and suffix.startswith(RPC_RESPONSE + "/"):
-        return bool(_RPC_ID_PATTERN.match(suffix[len(RPC_RESPONSE) + 1:]))
+        return is_request_id(suffix[len(RPC_RESPONSE) + 1:])
     return False
 
 
@@ -144,16 +170,57 @@ def may_receive(role: str, serial: str, full_topic: str) -> bool:
 # Payloads
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def check_depth(value: Any, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Return `value` if its arrays and objects nest at most `max_depth` deep, else raise WireError.
+
+    Iterative, so it measures a value of any depth without recursing itself.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > max_depth:
+            raise WireError(f"{what}: JSON nested deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return value
+
+
+def loads_json(raw: bytes | bytearray | str, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON as every input of the project is parsed: UTF-8, finite numbers, bounded depth.
+
+    The one parser for MQTT payloads and REST bodies alike. NaN, Infinity and numbers that
+    overflow a float (1e400) are refused: they are not JSON and no column or encoder takes them.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise WireError(f"{what}: JSON nested deeper than {max_depth} levels") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"{what}: payload is not UTF-8 JSON ({str(exc)[:200]})") from None
+    return check_depth(data, what, max_depth)
+
+
 def decode(payload: bytes | bytearray | str, what: str) -> dict[str, Any]:
     """Parse a JSON object payload, refusing oversize, non-UTF-8, non-JSON or non-object input."""
     if isinstance(payload, str):
         payload = payload.encode()
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError(f"{what}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    try:
-        data = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{what}: payload is not UTF-8 JSON ({exc})") from None
+    data = loads_json(payload, what)
     if not isinstance(data, dict):
         raise WireError(f"{what}: payload must be a JSON object, got {type(data).__name__}")
     return data
@@ -172,6 +239,26 @@ def _field(data: dict[str, Any], name: str, kind: type, what: str, *, required: 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise WireError(f"{what}: field {name!r} must be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _int_field(data: dict[str, Any], name: str, what: str, *, low: int = 0, high: int = INT64_MAX,
+               required: bool = True, default: int = 0) -> int:
+    """An integer field within [low, high]: the range of the column that stores it."""
+    value = _field(data, name, int, what, required=required)
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise WireError(f"{what}: field {name!r} must be an integer from {low} to {high}, got {shorten(value)}")
+    return int(value)
+
+
+def _str_field(data: dict[str, Any], name: str, what: str, *, max_length: int, required: bool = True) -> str:
+    value = _field(data, name, str, what, required=required)
+    if value is None:
+        return ""
+    if len(value) > max_length:
+        raise WireError(f"{what}: field {name!r} is longer than {max_length} characters")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -265,13 +352,11 @@ class Status:
             raise WireError(f"{what}: state must be 'online' or 'offline', got {state!r}")
         if state == "offline":
             return cls(state=state)
-        seq = _field(data, "seq", int, what)
-        fw = _field(data, "firmware_version", str, what)
-        if len(fw) > 128:
-            raise WireError(f"{what}: firmware_version longer than 128 characters")
+        seq = _int_field(data, "seq", what)
+        fw = _str_field(data, "firmware_version", what, max_length=128)
         facts = _field(data, "facts", dict, what)
-        boot_id = _field(data, "boot_id", str, what, required=False) or ""
-        return cls(state=state, seq=seq, firmware_version=fw, facts=facts, boot_id=boot_id[:64])
+        boot_id = _str_field(data, "boot_id", what, max_length=64, required=False)
+        return cls(state=state, seq=seq, firmware_version=fw, facts=facts, boot_id=boot_id)
 
 
 def offline_status() -> bytes:
@@ -294,13 +379,20 @@ class Ack:
     def parse(cls, payload: bytes) -> Ack:
         what = "ack"
         data = decode(payload, what)
-        ref = _field(data, "ref", str, what)
+        ref = _str_field(data, "ref", what, max_length=128)
         ok = _field(data, "ok", bool, what)
         return cls(ref=ref, ok=ok, error=str(data.get("error") or ""))
 
 
 # ---------------------------------------------------------------------------------------------
 # Device management: RPC commands, results, telemetry, events
+
+#: Longest free-text message (RPC results, events) kept; the rest is cut, not refused, because a
+#: diagnostic's long output is still worth its first lines.
+MAX_MESSAGE_CHARS = 4000
+
+#: Most samples in one telemetry message (a device publishes a few a cycle; its cache resends more).
+MAX_SAMPLES = 10_000
 
 #: RPC methods, named as the upstream ThingsBoard adapter names them.
 RPC_METHODS = (
@@ -336,8 +428,8 @@ class RpcRequest:
         timeout = data.get("timeout_s", 300.0)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
             raise WireError(f"{what}: timeout_s must be a number of seconds in (0, 86400]")
-        return cls(request_id=request_id, method=method, params=params,
-                   job_id=str(data.get("job_id") or "")[:64], timeout_s=float(timeout))
+        job_id = _str_field(data, "job_id", what, max_length=64, required=False)
+        return cls(request_id=request_id, method=method, params=params, job_id=job_id, timeout_s=float(timeout))
 
 
 @dataclass(frozen=True)
@@ -359,10 +451,10 @@ class RpcResult:
     def parse(cls, payload: bytes) -> RpcResult:
         what = "rpc result"
         data = decode(payload, what)
-        status = _field(data, "status", int, what)
+        status = _int_field(data, "status", what, high=999)
         message = _field(data, "message", str, what)
-        return cls(status=status, message=message[:4000], job_id=str(data.get("job_id") or ""),
-                   data=data.get("data"))
+        job_id = _str_field(data, "job_id", what, max_length=64, required=False)
+        return cls(status=status, message=message[:MAX_MESSAGE_CHARS], job_id=job_id, data=data.get("data"))
 
 
 @dataclass(frozen=True)
@@ -377,14 +469,20 @@ class TelemetryMessage:
     def parse(cls, payload: bytes) -> TelemetryMessage:
         what = "telemetry"
         data = decode(payload, what)
-        seq = _field(data, "seq", int, what)
+        seq = _int_field(data, "seq", what)
         samples = _field(data, "samples", list, what)
-        if not all(isinstance(s, dict) for s in samples):
-            raise WireError(f"{what}: every sample must be an object")
-        if len(samples) > 10_000:
-            raise WireError(f"{what}: more than 10000 samples in one message")
-        dropped = data.get("dropped", 0)
-        return cls(seq=seq, samples=samples, dropped=dropped if isinstance(dropped, int) else 0)
+        if len(samples) > MAX_SAMPLES:
+            raise WireError(f"{what}: more than {MAX_SAMPLES} samples in one message")
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, dict):
+                raise WireError(f"{what}: sample {index} must be an object, got {type(sample).__name__}")
+            ts = sample.get("ts")
+            if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)
+                                   or not 0 <= ts <= MAX_TIMESTAMP):
+                raise WireError(f"{what}: sample {index} field 'ts' must be seconds since the epoch "
+                                f"from 0 to {MAX_TIMESTAMP}, got {shorten(ts)}")
+        dropped = _int_field(data, "dropped", what, required=False)
+        return cls(seq=seq, samples=samples, dropped=dropped)
 
 
 @dataclass(frozen=True)
@@ -402,7 +500,7 @@ class DeviceEvent:
     def parse(cls, payload: bytes) -> DeviceEvent:
         what = "event"
         data = decode(payload, what)
-        kind = _field(data, "kind", str, what)
+        kind = _str_field(data, "kind", what, max_length=64)
         message = _field(data, "message", str, what)
         detail = _field(data, "detail", dict, what, required=False) or {}
-        return cls(kind=kind[:64], message=message[:4000], detail=detail)
+        return cls(kind=kind, message=message[:MAX_MESSAGE_CHARS], detail=detail)

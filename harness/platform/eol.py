@@ -16,13 +16,15 @@ from harness.platform import audit
 from harness.platform.context import PlatformContext
 from harness.platform.models import Device, DisposalEvent
 
+MAX_REASON_CHARS = 2000
+
 
 def dispose(ctx: PlatformContext, serial: str, *, reason: str, actor: str) -> dict[str, Any]:
     reason = (reason or "").strip()
     if not reason:
         raise Refused("a disposal needs a reason (--reason TEXT)")
-    if len(reason) > 2000:
-        raise Refused("the disposal reason is longer than 2000 characters")
+    if len(reason) > MAX_REASON_CHARS:
+        raise Refused(f"the disposal reason is longer than {MAX_REASON_CHARS} characters")
     with ctx.registry.session() as s:
         device = s.scalar(select(Device).where(Device.serial == serial))
         if device is None:

@@ -112,6 +112,19 @@ class JobEngine:
             raise Refused(f"unknown method {method!r}; one of {', '.join(wire.RPC_METHODS)}")
         if not isinstance(params, dict):
             raise Refused("params must be an object")
+        # Everything is checked before the job is stored: a job that cannot be sent must not exist.
+        try:
+            wire.check_depth(params, "params")
+        except wire.WireError as exc:
+            raise Refused(str(exc)) from None
+        # The command must fit the payload limit the device enforces (with room for the envelope).
+        if len(wire.encode(params)) > wire.MAX_PAYLOAD_BYTES - 1024:
+            raise Refused(f"params take more than {wire.MAX_PAYLOAD_BYTES - 1024} bytes as JSON")
+        for serial in serials or ():
+            try:
+                wire.check_serial(serial)
+            except wire.WireError as exc:
+                raise Refused(str(exc)) from None
         chosen = sum(bool(x) for x in (serials, all_devices, customer))
         if chosen != 1:
             raise Refused("choose the targets one way: serials, all, or customer")
@@ -140,7 +153,7 @@ class JobEngine:
             found = {d.serial: d.state for d in s.scalars(select(Device).where(Device.serial.in_(unique)))}
             unknown = [x for x in unique if x not in found]
             if unknown:
-                raise NotFound(f"unknown serial {unknown[0]!r}")
+                raise NotFound(f"unknown serial {unknown[0]!r}")  # well formed, so short
             not_live = [x for x in unique if found[x] not in live]
             if not_live:
                 raise Refused(f"device {not_live[0]} is {found[not_live[0]]}: it has never registered or was "
@@ -149,7 +162,7 @@ class JobEngine:
         query = select(Device.serial).where(Device.state.in_(live)).order_by(Device.serial)
         if customer:
             if s.scalar(select(Customer).where(Customer.name == customer)) is None:
-                raise NotFound(f"unknown customer {customer!r}")
+                raise NotFound(f"unknown customer {wire.shorten(customer)}")
             query = query.join(Customer).where(Customer.name == customer)
         targets = list(s.scalars(query))
         if not targets:
@@ -250,7 +263,7 @@ class JobEngine:
         device = s.scalar(select(Device).where(Device.serial == target.serial))
         if device is not None:
             s.add(DeviceEventRecord(device_id=device.id, at=now, kind=f"job.{target.state}",
-                                    message=f"{target.job.method}: {status} {message}"[:4000],
+                                    message=f"{target.job.method}: {status} {message}"[:wire.MAX_MESSAGE_CHARS],
                                     detail={"job_id": target.job_id}))
 
     def _decommission(self, s: Session, device: Device, now: dt.datetime) -> str:

@@ -35,13 +35,19 @@ from harness.platform.models import (
 )
 
 MAX_BULK = 100_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: The rules for names and tenant ids, unanchored: the REST API declares them in its schema
+#: (anchored there as ^...$, which in JSON Schema and pydantic match at the very end only).
+NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}"
+TENANT_RULE = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+# Full matches (`\Z`): in Python `$` also matches before a final newline and let "ACME\n" in.
+_NAME = re.compile(NAME_RULE + r"\Z")
+_TENANT = re.compile(TENANT_RULE + r"\Z")
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise Refused(f"{kind} name {name!r} is malformed: 1-128 characters from letters, digits, space . _ -")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise Refused(f"{kind} name {wire.shorten(name)} is malformed: "
+                      "1-128 characters from letters, digits, space . _ -")
     return name
 
 
@@ -56,8 +62,9 @@ def new_init_key() -> str:
 def add_customer(ctx: PlatformContext, name: str, tenant_id: str, actor: str, *,
                  dry_run: bool = False) -> dict[str, Any]:
     _check_name("customer", name)
-    if not isinstance(tenant_id, str) or not _TENANT.match(tenant_id):
-        raise Refused(f"tenant id {tenant_id!r} is malformed: 1-128 characters from letters, digits . _ : -")
+    if not isinstance(tenant_id, str) or not _TENANT.fullmatch(tenant_id):
+        raise Refused(f"tenant id {wire.shorten(tenant_id)} is malformed: "
+                      "1-128 characters from letters, digits . _ : -")
     with ctx.registry.session() as s:
         if s.scalar(select(Customer).where(Customer.name == name)):
             raise Conflict(f"customer {name!r} exists already")
@@ -213,7 +220,7 @@ def provision(
 
         results: list[ProvisionResult] = []
         seen: set[str] = set()
-        wellformed = [x for x in serials if isinstance(x, str) and wire.SERIAL_PATTERN.match(x)]
+        wellformed = [x for x in serials if isinstance(x, str) and wire.SERIAL_PATTERN.fullmatch(x)]
         existing = set()
         disposed = set()
         for chunk_start in range(0, len(wellformed), 5000):
@@ -224,7 +231,8 @@ def provision(
             try:
                 wire.check_serial(serial)
             except wire.WireError as exc:
-                results.append(ProvisionResult(str(serial), False, str(exc)))
+                # The result names the serial, cut: a refusal never echoes a huge value whole.
+                results.append(ProvisionResult(str(serial)[:80], False, str(exc)))
                 continue
             if serial in seen:
                 results.append(ProvisionResult(serial, False, f"serial {serial} appears twice in the request"))

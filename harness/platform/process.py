@@ -31,7 +31,7 @@ from harness.broker.server import BrokerHooks, BrokerLimits, FleetBroker, broker
 from harness.datadir import STATE_FILE, TOKEN_FILE, read_operator_token, read_state
 from harness.errors import Refused
 from harness.platform import telemetry
-from harness.platform.api import create_app
+from harness.platform.api import DEFAULT_MAX_BODY_BYTES, ApiServices, create_app
 from harness.platform.context import PlatformContext
 from harness.platform.db import Registry, database_url
 from harness.platform.gateway import DeviceGateway
@@ -71,6 +71,8 @@ class PlatformConfig:
     retention_days: int = telemetry.DEFAULT_RETENTION_DAYS
     #: Bounds the broker enforces per connection (packet size, connect deadline, keepalive, retained).
     broker_limits: BrokerLimits | None = None
+    #: Largest REST request body (bytes); bigger ones are refused with 413 before they are read.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def _url_host(host: str) -> str:
@@ -171,7 +173,10 @@ class Platform:
         self.gateway.jobs = self.jobs
         await self.jobs.start()
         self._retention = asyncio.create_task(self._prune_forever())
-        http_port = await self._serve(create_app(self), http_port, what="REST API")
+        services = ApiServices(ctx=self.ctx, jobs=self.jobs, store=self.store, repo_url=self.repo_url,
+                               operator_token=self.token, stats=self.stats, broker_url=self.broker_url,
+                               max_body_bytes=self.config.max_body_bytes)
+        http_port = await self._serve(create_app(services), http_port, what="REST API")
         self.api_url = f"http://{_url_host(self.config.host)}:{http_port}"
         self._save_state(http_port=http_port, mqtts_port=mqtts_port, repo_port=repo_port)
         log.info("platform up: %s, %s, %d identities", self.api_url, self.broker_url, count)
@@ -264,6 +269,9 @@ class Platform:
             "registered": g.registered, "registration_refused": g.registration_refused,
             "births": g.births, "malformed": g.malformed, "batches": g.batches,
             "broker": dataclasses.asdict(self.broker.stats),
+            "batches_retried": g.batches_retried, "failed_items": g.failed_items,
+            "malformed_by_device": dict(g.malformed_by_device.most_common(20)),
+            "failed_by_device": dict(g.failed_by_device.most_common(20)),
         }
 
 

@@ -8,25 +8,31 @@ seed's server username/password). Every device trusts this repository from provi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 
+from agent.wire import shorten
 from harness.errors import NotFound, Refused
 
 MAX_PACKAGE_BYTES = 256 * 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+#: A package name, unanchored (the REST API declares it in its schema); no ".." either.
+NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
+#: A full match (`\Z`, not `$`, which would let "pkg.bin\n" in).
+_NAME = re.compile(NAME_RULE + r"\Z")
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or "") or ".." in name:
-        raise Refused(f"package name {name!r} is not allowed: 1-128 characters from letters, digits . _ + -")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise Refused(f"package name {shorten(name)} is not allowed: 1-128 characters from letters, digits . _ + -")
     return name
 
 
@@ -43,17 +49,46 @@ class PackageStore:
             raise NotFound(f"no package {name!r} in the repository")
         return path
 
-    def add(self, name: str, chunks: list[bytes] | bytes) -> dict[str, Any]:
+    def add(self, name: str, chunks: Iterable[bytes]) -> dict[str, Any]:
+        """Store a package from its chunks, written to disk as they come (never held whole in memory).
+
+        The name is checked before a byte is written; the file appears under its name only when
+        complete (rename), so a device never fetches half a package.
+        """
+        with self.writer(name) as write:
+            for chunk in chunks:
+                write(chunk)
+        return self.info(name)
+
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[Callable[[bytes], None]]:
+        """A `write(chunk)` for a new package; the package is published when the block ends."""
         check_name(name)
-        data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
-        if len(data) > MAX_PACKAGE_BYTES:
-            raise Refused(f"package {name} is larger than {MAX_PACKAGE_BYTES} bytes")
-        if not data:
-            raise Refused(f"package {name} is empty")
         tmp = self.directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.directory / name)
-        return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        size = 0
+        try:
+            with tmp.open("wb") as handle:
+                def write(chunk: bytes) -> None:
+                    nonlocal size
+                    size += len(chunk)
+                    if size > MAX_PACKAGE_BYTES:
+                        raise Refused(f"package {name} is larger than {MAX_PACKAGE_BYTES} bytes", status=413)
+                    handle.write(chunk)
+
+                yield write
+            if size == 0:
+                raise Refused(f"package {name} is empty")
+            os.replace(tmp, self.directory / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def info(self, name: str) -> dict[str, Any]:
+        path = self.path(name)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return {"name": name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
     def list(self) -> list[dict[str, Any]]:
         return [{"name": p.name, "size": p.stat().st_size} for p in sorted(self.directory.iterdir())

@@ -16,13 +16,14 @@ from harness.platform import audit
 from harness.platform.context import PlatformContext
 from harness.platform.models import CveRecord, Device
 
-_CVE = re.compile(r"^CVE-\d{4}-\d{4,7}$")
+CVE_RULE = r"CVE-\d{4}-\d{4,7}"
+_CVE = re.compile(CVE_RULE + r"\Z")  # \Z: `$` would accept a final newline
 CVE_STATES = ("open", "mitigated", "fixed", "not-affected")
 
 
 def track_cve(ctx: PlatformContext, serial: str, cve_id: str, status: str, actor: str, *,
               dry_run: bool = False) -> dict[str, Any]:
-    if not _CVE.match(cve_id or ""):
+    if not isinstance(cve_id, str) or not _CVE.match(cve_id):
         raise Refused(f"{cve_id!r} is not a CVE id (CVE-YYYY-NNNN)")
     if status not in CVE_STATES:
         raise Refused(f"CVE status must be one of {', '.join(CVE_STATES)}, got {status!r}")
