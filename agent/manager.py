@@ -112,7 +112,7 @@ class DeviceManager:
             await self._publish(wire.topic(self.serial, wire.EVENTS), wire.DeviceEvent(kind, message).to_bytes())
 
     async def _decommission(self) -> None:
-        await asyncio.to_thread(self.state.wipe_credentials)
+        await asyncio.to_thread(self.state.wipe)
         self.decommissioned = True
         if self._on_decommission:
             self._on_decommission()

@@ -31,6 +31,8 @@ RPC_RESPONSE = "rpc/response"
 
 #: Largest payload either side accepts; anything bigger is refused unread.
 MAX_PAYLOAD_BYTES = 256 * 1024
+#: The registration refusal that means "a fault on the platform's side": the device retries it.
+REGISTER_RETRY_LATER = "platform error; retry later"
 
 SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
 _RPC_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

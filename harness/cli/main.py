@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from harness.cli import demo, eol, fleet, manage, pms, serve, sim
+from harness.cli import agent, demo, eol, fleet, manage, pms, serve, sim
 from harness.client import Client
 from harness.errors import Refused
 
@@ -52,6 +52,7 @@ app.add_typer(pms.app, name="pms", help="PMS: customers, parts, models, provisio
 app.add_typer(fleet.app, name="fleet", help="Fleet Manager: claim devices, list the fleet.")
 app.add_typer(eol.app, name="eol", help="End of life: dispose of devices (permanent).")
 app.add_typer(sim.app, name="sim", help="Simulated devices.")
+app.add_typer(agent.app, name="agent", help="The device agent: build its bundle for a device.")
 app.add_typer(manage.ota_app, name="ota", help="Updates: AOTA, FOTA, SOTA, or a raw manifest.")
 app.add_typer(manage.config_app, name="config", help="The devices' configuration file.")
 app.add_typer(manage.power_app, name="power", help="Reboot or shut down devices.")
