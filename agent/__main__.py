@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from agent.compat_guard import UnsupportedVersion
 from agent.state import DEFAULT_ENV_FILE, DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from agent.env import AgentEnvError, load_agent_env
         from agent.linux import LinuxHardware
         from agent.state import StateDir
+    except UnsupportedVersion as exc:
+        _fail(str(exc))
     except ImportError as exc:
         _fail(f"{exc} (the agent needs aiomqtt, paho-mqtt, cryptography, defusedxml and xmlschema)")
     try:

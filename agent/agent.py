@@ -19,10 +19,9 @@ import uuid
 from collections.abc import Callable
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 
 from agent import wire
-from agent.aiomqtt_compat import Client
+from agent.aiomqtt_compat import Client, MqttConnectError
 from agent.asyncio_compat import LightEvent
 from agent.backoff import Backoff
 from agent.env import AgentEnv

@@ -36,6 +36,10 @@ from agent.compat_guard import require
 SUPPORTED = "2.5.1"
 require("aiomqtt", SUPPORTED, getattr(aiomqtt, "__version__", None))
 
+from aiomqtt.exceptions import MqttConnectError  # noqa: E402 - only once the release is known
+
+__all__ = ["SUPPORTED", "Client", "MqttConnectError"]
+
 #: Put in a client's message queue when its connection is gone: wakes the reader.
 _GONE = object()
 
