@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -104,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _run(agent: Agent, hardware: LinuxHardware, until_live: bool, timeout: float) -> int:
+    from agent.agent import AgentError
+
     task = asyncio.create_task(agent.run_until_live(timeout) if until_live else agent.run())
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
@@ -123,8 +124,15 @@ async def _run(agent: Agent, hardware: LinuxHardware, until_live: bool, timeout:
 
     hardware.power.on_power = power
     print(f"{agent.serial} running", flush=True)
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except AgentError:
+        if not actions:
+            raise
+        # The power command ran (a decommission's shutdown, say) and the platform closed the
+        # session meanwhile: the system is going down, which is what was asked.
     print(f"{agent.serial} stopped{f' ({actions[-1]})' if actions else ''}", flush=True)
     return 0
 

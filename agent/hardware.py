@@ -8,6 +8,7 @@ simulated device gets all of it from its modelled hardware (simulators/).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,6 +62,12 @@ class ContainerRuntime(Protocol):
     def compose_pull(self, project: str, directory: Path, file: str) -> list[str]: ...
     def compose_list(self) -> list[dict[str, Any]]: ...
     def compose_remove(self, project: str) -> None: ...
+
+
+#: SOTA's apt modes, as every PackageManager takes them.
+SOTA_MODES = ("full", "no-download", "download-only")
+#: A package source file name a PackageManager accepts (what apt reads in sources.list.d).
+SOURCE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(list|sources)$")
 
 
 class PackageManager(Protocol):

@@ -14,13 +14,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agent.hardware import HardwareError
+from agent.hardware import SOTA_MODES, SOURCE_FILE, HardwareError
 from agent.linux import commands
 from agent.state import write_atomic
 
-SOTA_MODES = ("full", "no-download", "download-only")
-#: A source file name in /etc/apt/sources.list.d (what apt itself reads there).
-SOURCE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(list|sources)$")
 _INST = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+)")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
 _APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
