@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="exit 0 once the device is registered and live")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="with --until: give up after this long (default 120)")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--reboot-command", metavar="CMD",
                         help="run for a reboot command (default: systemctl reboot, or reboot)")
     parser.add_argument("--shutdown-command", metavar="CMD",

@@ -172,8 +172,10 @@ class Agent:
                 raise TlsVerificationFailed(f"{self.serial}: {self.last_error}") from None
         else:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        if self.last_error != previous:  # each new reason once at warning level, repeats at debug
-            log.warning("%s: %s; retrying with backoff up to %.0fs", self.serial, self.last_error, self.backoff.cap)
+        if self.last_error != previous:  # each new reason once, repeats at debug level
+            # A CA that does not match is a misconfiguration; a refused connection is usually an outage.
+            level = logging.WARNING if verify is not None else logging.INFO
+            log.log(level, "%s: %s; retrying with backoff up to %.0fs", self.serial, self.last_error, self.backoff.cap)
 
     # -- first boot ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,17 @@ def test_usage_errors_exit_2():
     done = _agent_cli("--until", "forever")
     assert done.returncode == 2 and "invalid choice: 'forever'" in done.stderr
     assert _agent_cli("--help").returncode == 0
+
+
+def test_until_registered_gives_up_with_the_last_error(tmp_path):
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        path = tmp_path / "agent.env"
+        path.write_text(_with("BROKER_URL=mqtts://127.0.0.1:8883", f"BROKER_URL=mqtts://127.0.0.1:{port}"))
+        done = _agent_cli("--env", str(path), "--state", str(tmp_path / "state"), "--until", "registered",
+                          "--timeout", "2", "--max-backoff", "0.5")
+    assert done.returncode == 1, done
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("fleetrig-agent: error: SN-0001 not live after 2s: MqttError:"), done.stderr
+    assert "Connection refused" in last and "Traceback" not in done.stderr
