@@ -33,6 +33,7 @@ def test_everything_else_is_an_extra_and_the_pins_are_exact():
     assert "amqtt==0.12.1" in extras["platform"]
     assert {r for r in PROJECT["dependencies"] if _name(r) in ("aiomqtt", "paho-mqtt")} == {
         "aiomqtt==2.5.1", "paho-mqtt==2.2.0"}
+    assert "fleetrig[platform,hil,load,web]" in extras["dev"]  # `pip install -e '.[dev]'` gets it all
     makefile = (ROOT / "Makefile").read_text()
     assert f"-e '.[{','.join(e for e in ('platform', 'hil', 'load', 'web', 'dev'))}]'" in makefile
 
