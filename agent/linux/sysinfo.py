@@ -14,7 +14,6 @@ import datetime as dt
 import os
 import platform
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,13 +219,6 @@ class SysInfo:
             if name.strip() != "lo" and len(fields) >= 9:
                 counters[name.strip()] = {"rx_bytes": int(fields[0]), "tx_bytes": int(fields[8])}
         return counters
-
-    def uptime_s(self) -> float:
-        text = read(self.root / "proc/uptime").split()
-        try:
-            return float(text[0])
-        except (IndexError, ValueError):
-            return time.monotonic()
 
 
 def _dmi_date(text: str) -> dt.date:
