@@ -12,28 +12,27 @@ runs thousands of them on one event loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import logging
-import random
-import socket
 import ssl
-import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as paho
-from aiomqtt.exceptions import MqttConnectError
 
 from agent import wire
+from agent.aiomqtt_compat import Client, MqttConnectError
+from agent.asyncio_compat import LightEvent
+from agent.backoff import Backoff
 from agent.env import AgentEnv
 from agent.hardware import Hardware
 from agent.identity import new_key_and_csr
 from agent.manager import DeviceManager
 from agent.state import Credentials, StateDir
+from agent.tls import SHARED_TLS, TlsContexts
+
+__all__ = ["SHARED_TLS", "Agent", "AgentError", "CredentialsRefused", "InitKeyRefused", "NotLive", "TlsContexts",
+           "TlsVerificationFailed"]
 
 log = logging.getLogger("fleetrig.agent")
 
@@ -53,199 +52,12 @@ class CredentialsRefused(AgentError):
     pass
 
 
-class TlsContexts:
-    """SSL contexts shared between the agents of one process.
-
-    One context per platform CA serves every session that shows no client certificate
-    (registration with the init key, token authentication). Devices that authenticate with
-    their certificate share a second context per CA: each connection loads its device's
-    certificate and key into it and creates its TLS connection at once, under a lock. OpenSSL
-    gives the new connection its own reference to that certificate and key (SSL_new copies
-    them), so the next device's load does not touch it. A context costs ~25 KiB and ~0.5 ms to
-    make; one per device was a third of a simulated device's memory.
-    """
-
-    def __init__(self) -> None:
-        self._by_ca: dict[str, ssl.SSLContext] = {}
-        self._signing_by_ca: dict[str, ssl.SSLContext] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _new(ca_pem: str) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=ca_pem)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
-
-    def for_ca(self, ca_pem: str) -> ssl.SSLContext:
-        ctx = self._by_ca.get(ca_pem)
-        if ctx is None:
-            ctx = self._by_ca[ca_pem] = self._new(ca_pem)
-        return ctx
-
-    def for_device(self, ca_pem: str, creds: Credentials) -> ssl.SSLContext:
-        if creds.auth == wire.AUTH_TOKEN:
-            return self.for_ca(ca_pem)
-        shared = self._signing_by_ca.get(ca_pem)
-        if shared is None:
-            shared = self._signing_by_ca[ca_pem] = self._new(ca_pem)
-        return DeviceTlsContext(shared, self._lock, str(creds.cert_path), str(creds.key_path))  # type: ignore[return-value]
+class NotLive(AgentError):
+    """The device did not come live in the time it was given; the message has the last error."""
 
 
-class DeviceTlsContext:
-    """What paho needs of an SSLContext (`wrap_socket`, `check_hostname`) for one device.
-
-    `wrap_socket` loads the device's certificate chain into the shared context and wraps the
-    socket while holding the lock, so each connection carries its own device's certificate.
-    paho calls it from aiomqtt's connect thread, off the event loop.
-    """
-
-    __slots__ = ("_certfile", "_keyfile", "_lock", "_shared")
-
-    def __init__(self, shared: ssl.SSLContext, lock: threading.Lock, certfile: str, keyfile: str) -> None:
-        self._shared = shared
-        self._lock = lock
-        self._certfile = certfile
-        self._keyfile = keyfile
-
-    @property
-    def check_hostname(self) -> bool:
-        return self._shared.check_hostname
-
-    def wrap_socket(self, sock: Any, **kwargs: Any) -> ssl.SSLSocket:
-        with self._lock:
-            self._shared.load_cert_chain(self._certfile, self._keyfile)
-            return self._shared.wrap_socket(sock, **kwargs)
-
-
-class _NoJoin:
-    """Stands in for asyncio.Queue's join() event on a queue nobody joins."""
-
-    __slots__ = ()
-
-    def set(self) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
-_NO_JOIN = _NoJoin()
-
-
-class _MessageQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """aiomqtt's incoming-message queue without what an unbounded, never-joined queue never uses.
-
-    A put on an unbounded queue never waits and aiomqtt never calls join(), so the put
-    waiters and join()'s event (a deque each, ~600 bytes) are shared placeholders.
-    """
-
-    def __init__(self, maxsize: int = 0) -> None:
-        super().__init__(maxsize)
-        if maxsize <= 0:
-            self._putters = ()
-            self._finished = _NO_JOIN
-
-    async def join(self) -> None:
-        raise NotImplementedError("nobody joins an agent's message queue")
-
-
-class _Flag(asyncio.Event):
-    """asyncio.Event that makes its waiter deque (~600 bytes) only when someone waits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._waiters = ()  # type: ignore[assignment]
-
-    async def wait(self) -> bool:
-        if not self._value and not isinstance(self._waiters, collections.deque):
-            self._waiters = collections.deque()
-        return await super().wait()
-
-
-#: Put in a client's message queue when its connection is gone: wakes the reader.
-_GONE = object()
-
-
-def _wake_reader(queue: asyncio.Queue, _future: asyncio.Future) -> None:  # type: ignore[type-arg]
-    queue.put_nowait(_GONE)
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's Client with the costs of many clients in one process taken out.
-
-    * paho binds every socket to ("", 0) before it connects, and a bind to port 0 makes the
-      kernel search the ephemeral ports for one that no socket (TIME_WAIT ones included) is
-      bound to: with the thousands a fleet leaves behind, ~1-2 ms of kernel time per connect.
-      A plain connect picks its port without that search. (Only when no bind address or
-      port is asked for, which the agent never does.)
-    * aiomqtt wakes every client once a second for paho's keepalive check; with thousands of
-      devices on one loop that is thousands of wake-ups a second for a ping due once a minute.
-      A quarter keepalive (1-15 s) still sends the ping before 1.25 keepalives, within the 1.5
-      the broker allows [MQTT-3.1.2-24].
-    * a packet is written as soon as it is queued when that happens on the loop's thread
-      (aiomqtt registers a writer for each one: a self-pipe write, two epoll changes and a
-      loop iteration per packet);
-    * `next_message()` reads the queue directly (`messages` makes a task and an asyncio.wait
-      per message, and keeps one of each per idle client): the end of the connection is a
-      marker in the queue.
-    * `release()` drops paho after the session: aiomqtt and paho reference each other (paho's
-      callbacks are aiomqtt's bound methods), so a closed client otherwise waits for the
-      cyclic garbage collector, and a fleet closes one per first boot.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("queue_type", _MessageQueue)
-        super().__init__(*args, **kwargs)
-        self._loop_thread = threading.get_ident()
-        mqtt = self._client
-        if not self._bind_address and not self._bind_port:
-            mqtt._create_socket_connection = functools.partial(  # type: ignore[method-assign]
-                socket.create_connection, (self._hostname, self._port), timeout=mqtt._connect_timeout
-            )
-
-    async def __aenter__(self) -> _Client:
-        await super().__aenter__()
-        self._disconnected.add_done_callback(functools.partial(_wake_reader, self._queue))
-        return self
-
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        # paho has a packet to send. aiomqtt always registers a writer for it, from any thread
-        # (call_soon_threadsafe: a self-pipe write, two epoll changes, a loop iteration). On the
-        # loop's own thread, outside paho's callbacks (paho's own rule for writing at once),
-        # write now; register the writer only for what the socket did not take.
-        if threading.get_ident() == self._loop_thread and client._in_callback_mutex.acquire(False):
-            client._in_callback_mutex.release()
-            try:
-                client.loop_write()
-            except Exception as exc:  # as aiomqtt's writer callback: the connection is broken
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
-                return
-            if not client.want_write():
-                return
-        super()._on_socket_register_write(client, userdata, sock)
-
-    async def next_message(self) -> aiomqtt.Message:
-        """The next message; MqttError once the connection is gone and the queue is empty."""
-        message = await self._queue.get()
-        if message is _GONE:
-            self._queue.put_nowait(_GONE)  # every later call fails the same way
-            raise aiomqtt.MqttError("Disconnected during message iteration") from self._disconnected.exception()
-        return message
-
-    def release(self) -> None:
-        task, self._misc_task = self._misc_task, None
-        if task is not None and not task.done():
-            task.cancel()
-        self._client = None  # type: ignore[assignment]
-
-    async def _misc_loop(self) -> None:
-        interval = min(max(self._keepalive / 4, 1.0), 15.0)
-        while (mqtt := self._client) is not None and mqtt.loop_misc() == paho.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(interval)
-
-
-SHARED_TLS = TlsContexts()
+class TlsVerificationFailed(AgentError):
+    """The broker's certificate does not verify against CA_CERT (raised only when waiting to be live)."""
 
 
 class Agent:
@@ -261,6 +73,7 @@ class Agent:
         keepalive: int = 60,
         ack_timeout: float = 10.0,
         max_backoff: float = 10.0,
+        min_backoff: float = 0.5,
         manage: bool = True,
         on_live: Callable[[], None] | None = None,
     ) -> None:
@@ -270,13 +83,16 @@ class Agent:
         self.tls = tls or SHARED_TLS
         self.keepalive = keepalive
         self.ack_timeout = ack_timeout
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(min_backoff, max_backoff)
         #: Commands, telemetry and events; None for a device that only registers and stays online.
         self.manager = DeviceManager(env, state, hardware) if manage else None
         #: Called (on the loop) each time the device becomes live, right after `live` is set.
         self.on_live = on_live
+        #: Called with each wait before a retry, and the error that caused it (tests, progress).
+        self.on_retry: Callable[[float, str], None] | None = None
         self.serial = env.serial
-        self.live: asyncio.Event = _Flag()
+        #: Set while a session is live; cleared when that session is lost.
+        self.live: asyncio.Event = LightEvent()
         self.connected = False
         self.connects = 0
         self.last_error: str = ""
@@ -295,10 +111,9 @@ class Agent:
         # State writes fsync; off the event loop, which a simulator shares between thousands of agents.
         boot = await asyncio.to_thread(self.state.next_boot)
         self._boot_id = f"{boot}-{uuid.uuid4().hex[:8]}"
-        backoff = 0.5
         telemetry = asyncio.create_task(self.manager.run_telemetry()) if self.manager and not until_live else None
         try:
-            await self._lifecycle(until_live, backoff)
+            await self._lifecycle(until_live)
         finally:
             if telemetry is not None:
                 telemetry.cancel()
@@ -306,7 +121,20 @@ class Agent:
             if self.manager is not None:
                 await self.manager.stop()
 
-    async def _lifecycle(self, until_live: bool, backoff: float) -> None:
+    async def run_until_live(self, timeout: float) -> None:
+        """Register if need be and come live within `timeout` seconds, then return.
+
+        Raises AgentError when the platform refuses the device or TLS verification fails, and
+        NotLive naming the last error when the time runs out.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.run(until_live=True)
+        except TimeoutError:
+            raise NotLive(f"{self.serial} not live after {timeout:.0f}s: "
+                          f"{self.last_error or 'no answer from the platform'}") from None
+
+    async def _lifecycle(self, until_live: bool) -> None:
         while True:
             if self.manager is not None and self.manager.decommissioned:
                 raise CredentialsRefused(f"{self.serial}: decommissioned; its credentials are gone")
@@ -317,25 +145,43 @@ class Agent:
                 await self._session(creds, until_live=until_live)
                 if until_live:
                     return
-                backoff = 0.5
             except AgentError:
                 raise
             except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError, wire.WireError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.debug("%s: %s; retrying in %.1fs", self.serial, self.last_error, backoff)
+                self._failed(exc, until_live)
             finally:
                 self.connected = False
                 self._client = None
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            if self.live.is_set():
-                backoff = 0.5
-            backoff = min(backoff * 2, self.max_backoff)
+            if self.live.is_set():  # the session was live: one lost connection is retried soon
+                self.live.clear()
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
+            if self.on_retry is not None:
+                self.on_retry(delay, self.last_error)
+            log.debug("%s: %s; retrying in %.2fs", self.serial, self.last_error, delay)
+            await asyncio.sleep(delay)
+
+    def _failed(self, exc: BaseException, until_live: bool) -> None:
+        """Note why this try failed; a TLS verification failure is named as such, and ends a wait for live."""
+        previous = self.last_error
+        verify = _verification_failure(exc)
+        if verify is not None:
+            self.last_error = (f"TLS verification failed: the broker {self.env.broker_host}:{self.env.broker_port} "
+                               f"shows a certificate that CA_CERT in agent.env does not sign ({verify})")
+            if until_live:
+                raise TlsVerificationFailed(f"{self.serial}: {self.last_error}") from None
+        else:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self.last_error != previous:  # each new reason once, repeats at debug level
+            # A CA that does not match is a misconfiguration; a refused connection is usually an outage.
+            level = logging.WARNING if verify is not None else logging.INFO
+            log.log(level, "%s: %s; retrying with backoff up to %.0fs", self.serial, self.last_error, self.backoff.cap)
 
     # -- first boot ---------------------------------------------------------------------------
 
     def _client_for(self, password: str | None, tls_context: ssl.SSLContext | None,
-                    will: aiomqtt.Will | None = None) -> _Client:
-        return _Client(
+                    will: aiomqtt.Will | None = None) -> Client:
+        return Client(
             self.env.broker_host,
             self.env.broker_port,
             identifier=self.serial,
@@ -379,6 +225,8 @@ class Agent:
             client.release()
         if response is None:
             raise TimeoutError("the broker closed the registration session before the platform answered")
+        if not response.ok and response.error == wire.REGISTER_RETRY_LATER:
+            raise _PlatformBusy(f"registration: {response.error}")
         if not response.ok:
             raise InitKeyRefused(f"{self.serial}: registration refused by the platform: {response.error}")
         log.debug("%s: registered, storing credentials", self.serial)
@@ -429,7 +277,7 @@ class Agent:
         finally:
             client.release()
 
-    async def _announce(self, client: _Client) -> None:
+    async def _announce(self, client: Client) -> None:
         """Publish a Birth and wait for the platform's Ack; resend on silence."""
         self._seq += 1
         birth = wire.Birth(self._seq, self.hardware.firmware_version(), self.hardware.facts(), self._boot_id)
@@ -449,7 +297,7 @@ class Agent:
             return
         raise TimeoutError(f"no acknowledgement of the birth message in {3 * self.ack_timeout:.0f}s")
 
-    async def _read(self, client: _Client) -> None:
+    async def _read(self, client: Client) -> None:
         while True:
             message = await client.next_message()
             name = str(message.topic)
@@ -466,6 +314,24 @@ class Agent:
                     self.manager.on_rpc(suffix[len(wire.RPC_REQUEST) + 1:], bytes(message.payload))
             except wire.WireError as exc:
                 log.warning("%s: ignored a message on %s: %s", self.serial, name, exc)
+
+
+class _PlatformBusy(OSError):
+    """The platform could not answer a registration now ('retry later'): retried with backoff."""
+
+
+def _verification_failure(exc: BaseException) -> str | None:
+    """The certificate verification error behind `exc` (aiomqtt hides it as the context), if any."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 5:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+        if "CERTIFICATE_VERIFY_FAILED" in str(cause):
+            return str(cause)[:200]
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return None
 
 
 def _code(exc: aiomqtt.MqttCodeError) -> int:

@@ -87,7 +87,8 @@ class Dispatcher:
             if isinstance(command, OtaCommand):
                 return await self._update(command, request)
             if isinstance(command, QueryCommand):
-                return Answer(wire.RpcResult(200, f"query {command.option}", job, self.query(command.option)))
+                data = await asyncio.to_thread(self.query, command.option)
+                return Answer(wire.RpcResult(200, f"query {command.option}", job, data))
             if isinstance(command, ConfigCommand):
                 message, data = await self._config(command)
                 return Answer(wire.RpcResult(200, message, job, data))
@@ -170,9 +171,9 @@ class Dispatcher:
                            "rootfs": facts.get("rootfs")},
             "version": lambda: {"agent": AGENT_VERSION},
             "swbom": lambda: {"packages": self.hardware.packages.installed(),
-                              "images": self.hardware.containers.images()},
+                              "images": _or_reason(self.hardware.containers.images)},
             "status": lambda: {**self.hardware.resources().__dict__, "busy": self.busy_with,
-                               "containers": self.hardware.containers.containers(),
+                               "containers": _or_reason(self.hardware.containers.containers),
                                "uptime_s": round(time.time() - self.started_at, 1)},
         }
         if option == "all":
@@ -186,10 +187,12 @@ class Dispatcher:
     def _power(self, action: str) -> After:
         async def act() -> None:
             await self.notify("power", f"{action} requested")
-            if action == "shutdown":
-                self.hardware.shutdown()
-            else:
-                self.hardware.reboot()
+            try:
+                # On the loop's thread: a simulated device's power hook schedules its power cycle there.
+                (self.hardware.shutdown if action == "shutdown" else self.hardware.reboot)()
+            except HardwareError as exc:  # the device stays up; its event log says why
+                log.error("%s failed: %s", action, exc)
+                await self.notify("power.failed", f"{action} failed: {exc}")
 
         return act
 
@@ -197,6 +200,17 @@ class Dispatcher:
         async def act() -> None:
             await self.notify("decommission", "credentials removed; shutting down")
             await self.decommission()
-            self.hardware.shutdown()
+            try:
+                self.hardware.shutdown()
+            except HardwareError as exc:  # credentials are gone: the device cannot connect again anyway
+                log.error("shutdown after decommission failed: %s", exc)
 
         return act
+
+
+def _or_reason(listing: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]] | dict[str, str]:
+    """A listing for a query, or why the device cannot give it (no container runtime, say)."""
+    try:
+        return listing()
+    except HardwareError as exc:
+        return {"unavailable": str(exc)}

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
+import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from agent.wire import AUTH_MODES, AUTH_X509, WireError, check_serial
 
@@ -93,6 +96,31 @@ def _pem_field(key: str, value: str, marker: str) -> str:
     return pem
 
 
+def _certificates(key: str, value: str, *, need_ca: bool) -> str:
+    """Base64 PEM text to PEM text. Refuse what OpenSSL cannot load (a damaged or garbage certificate), or, with
+    `need_ca`, that holds no CA certificate: otherwise the device would fail every TLS
+    handshake for ever with a riddle instead of saying what is wrong with its file."""
+    pem = _pem_field(key, value, "CERTIFICATE")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise AgentEnvError(f"{key}: not a valid certificate ({getattr(exc, 'reason', None) or exc})") from None
+    if need_ca and not context.get_ca_certs():
+        raise AgentEnvError(f"{key}: the certificate is not a CA certificate (no basicConstraints CA:TRUE)")
+    return pem
+
+
+def _url(key: str, value: str, source: str) -> SplitResult:
+    """urlsplit that refuses what it cannot take apart (a bad IPv6 literal, a bad port)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise AgentEnvError(f"{source}: {key} {value[:80]!r} is not a valid URL: {exc}") from None
+    return parts
+
+
 def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
     """Parse and check the text of an agent.env file."""
     values: dict[str, str] = {}
@@ -120,15 +148,11 @@ def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
         raise AgentEnvError(f"{source}: SERIAL: {exc}") from None
     if not _TENANT.match(values["TENANT_ID"]):
         raise AgentEnvError(f"{source}: TENANT_ID {values['TENANT_ID']!r} is malformed")
-    url = urlsplit(values["BROKER_URL"])
+    url = _url("BROKER_URL", values["BROKER_URL"], source)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
         raise AgentEnvError(
-            f"{source}: BROKER_URL {values['BROKER_URL']!r} must look like mqtts://HOST:PORT"
+            f"{source}: BROKER_URL {values['BROKER_URL'][:80]!r} must look like mqtts://HOST:PORT"
         )
-    try:
-        url.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise AgentEnvError(f"{source}: BROKER_URL has an invalid port") from None
     if not _INIT_KEY.match(values["INIT_KEY"]):
         raise AgentEnvError(f"{source}: INIT_KEY is not a key this platform issues (22-128 url-safe chars)")
     auth = values.get("AUTH", AUTH_X509)
@@ -137,7 +161,7 @@ def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
     sig = values.get("SIGNATURE_CERT")
     repo = values.get("REPO_URL") or None
     if repo is not None:
-        parts = urlsplit(repo)
+        parts = _url("REPO_URL", repo, source)
         if parts.scheme != "https" or not parts.hostname or not repo.endswith("/"):
             raise AgentEnvError(f"{source}: REPO_URL {repo!r} must look like https://HOST:PORT/repo/")
     return AgentEnv(
@@ -145,22 +169,49 @@ def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
         tenant_id=values["TENANT_ID"],
         broker_url=values["BROKER_URL"],
         init_key=values["INIT_KEY"],
-        ca_cert_pem=_pem_field("CA_CERT", values["CA_CERT"], "CERTIFICATE"),
+        ca_cert_pem=_certificates(f"{source}: CA_CERT", values["CA_CERT"], need_ca=True),
         auth=auth,
-        signature_cert_pem=_pem_field("SIGNATURE_CERT", sig, "CERTIFICATE") if sig else None,
+        signature_cert_pem=_certificates(f"{source}: SIGNATURE_CERT", sig, need_ca=False) if sig else None,
         repo_url=repo,
     )
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def load_agent_env(path: str | Path) -> AgentEnv:
-    """Read and parse an agent.env file from disk."""
+    """Read and parse an agent.env file from disk.
+
+    Opened without blocking (a named pipe with no writer would hang a boot) and checked to be
+    a regular file before a byte is read (a link to /dev/zero never ends); at most
+    MAX_FILE_BYTES are read whatever the file claims its size is.
+    """
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise AgentEnvError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not an agent.env")
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         raise AgentEnvError(f"{path}: no such file (was agent.env placed on the device?)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AgentEnvError(f"{path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise AgentEnvError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise AgentEnvError(f"{path}: is {kind}, not a regular file; agent.env must be a plain file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise AgentEnvError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise AgentEnvError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not an agent.env")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AgentEnvError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
     return parse_agent_env(text, str(path))

@@ -1,16 +1,14 @@
 """What the agent needs to know about the hardware it runs on, behind one small interface.
 
-The agent is the same on every kind of device; what differs is how facts are read. A real
-Linux device reads them from /sys and /proc (LinuxHardware, here); a simulated device gets them
-from its modelled hardware (simulators/). Later capabilities (block devices, container runtime,
-package manager, power, secure storage) join this interface the same way.
+The agent is the same on every kind of device; what differs is how the hardware is reached. A
+real Linux device reads /sys and /proc and runs apt, docker and systemctl (agent/linux/); a
+simulated device gets all of it from its modelled hardware (simulators/).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +64,12 @@ class ContainerRuntime(Protocol):
     def compose_remove(self, project: str) -> None: ...
 
 
+#: SOTA's apt modes, as every PackageManager takes them.
+SOTA_MODES = ("full", "no-download", "download-only")
+#: A package source file name a PackageManager accepts (what apt reads in sources.list.d).
+SOURCE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(list|sources)$")
+
+
 class PackageManager(Protocol):
     """The OS package manager (apt) and the image updater (mender), as SOTA drives them."""
 
@@ -114,76 +118,3 @@ class Hardware(Protocol):
     def shutdown(self) -> None:
         """Ask for a shutdown: the device goes offline and stays off."""
         ...
-
-
-def _read(path: Path, default: str = "") -> str:
-    try:
-        return path.read_text(errors="replace").strip()
-    except OSError:
-        return default
-
-
-class LinuxHardware:
-    """Facts of the Linux system the agent runs on (a real board or a QEMU guest)."""
-
-    def __init__(self, root: str | Path = "/") -> None:
-        self.root = Path(root)
-
-    def _dmi(self, name: str) -> str:
-        return _read(self.root / "sys/class/dmi/id" / name)
-
-    def _model(self) -> str:
-        # Device-tree boards (i.MX and most ARM) have no DMI; the model lives in the device tree.
-        return _read(self.root / "proc/device-tree/model").rstrip("\x00")
-
-    def _memory_bytes(self) -> int:
-        for line in _read(self.root / "proc/meminfo").splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _disks(self) -> list[dict[str, Any]]:
-        disks = []
-        block = self.root / "sys/block"
-        for dev in sorted(block.iterdir()) if block.is_dir() else []:
-            if dev.name.startswith(("loop", "ram", "zram")):
-                continue
-            sectors = _read(dev / "size", "0")
-            rotational = _read(dev / "queue/rotational", "0")
-            disks.append({"name": dev.name, "size": int(sectors or 0) * 512, "ssd": rotational == "0"})
-        return disks
-
-    def _cpu(self) -> str:
-        for line in _read(self.root / "proc/cpuinfo").splitlines():
-            key = line.split(":", 1)[0].strip().lower()
-            if key in ("model name", "hardware", "cpu model"):
-                return line.split(":", 1)[1].strip()
-        return platform.machine()
-
-    def _os_release(self) -> str:
-        for line in _read(self.root / "etc/os-release").splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-        return f"{platform.system()} {platform.release()}"
-
-    def facts(self) -> dict[str, Any]:
-        model = self._model()
-        return {
-            "bios_vendor": self._dmi("bios_vendor") or "unknown",
-            "bios_version": self._dmi("bios_version") or "unknown",
-            "bios_release_date": self._dmi("bios_date") or "unknown",
-            "cpu_id": self._cpu(),
-            "os": self._os_release(),
-            "kernel": os.uname().release,
-            "manufacturer": self._dmi("sys_vendor") or (model.split()[0] if model else "unknown"),
-            "product": self._dmi("product_name") or model or "unknown",
-            "total_memory": self._memory_bytes(),
-            "disks": self._disks(),
-        }
-
-    def firmware_version(self) -> str:
-        for candidate in ("etc/fleetrig/firmware-version", "etc/version"):
-            text = _read(self.root / candidate)
-            if text:
-                return text.splitlines()[0][:128]
-        return self._os_release()[:128]

@@ -25,6 +25,8 @@ from agent.telemetry import Telemetry
 log = logging.getLogger("fleetrig.agent.manager")
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+#: Longest an after-action may hold up stopping the agent (a wipe and a power command).
+AFTER_ACTION_GRACE_S = 10.0
 
 
 class DeviceManager:
@@ -41,6 +43,8 @@ class DeviceManager:
         self._on_decommission = on_decommission
         self._publish: Publish | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Commands whose result is sent and whose after-action (reboot, decommission...) runs.
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -86,6 +90,7 @@ class DeviceManager:
         task = asyncio.create_task(self._rpc(request_id, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finishing.discard)
 
     async def _rpc(self, request_id: str, payload: bytes) -> None:
         after = None
@@ -101,6 +106,9 @@ class DeviceManager:
         except Exception as exc:  # the platform's deadline will tell the operator
             log.warning("%s: could not send the result of %s: %s", self.serial, request_id, exc)
         if after is not None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._finishing.add(task)
             await asyncio.sleep(0.2)  # let the result leave before the device goes down
             await after()
 
@@ -112,12 +120,19 @@ class DeviceManager:
             await self._publish(wire.topic(self.serial, wire.EVENTS), wire.DeviceEvent(kind, message).to_bytes())
 
     async def _decommission(self) -> None:
-        await asyncio.to_thread(self.state.wipe_credentials)
+        await asyncio.to_thread(self.state.wipe)
         self.decommissioned = True
         if self._on_decommission:
             self._on_decommission()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Cancel running commands; one whose result the platform already has finishes its
+        after-action first (the platform ends a decommissioned device's session at once, and the
+        device must still wipe its credentials)."""
+        try:
+            if self._finishing:
+                await asyncio.wait(list(self._finishing), timeout=AFTER_ACTION_GRACE_S)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent import packages
 from agent.config import AgentConfig
@@ -22,6 +22,7 @@ from agent.hardware import FirmwareInfo, Hardware, HardwareError
 from agent.manifest import AotaCommand, FotaCommand, PotaCommand, SotaCommand, SourceCommand
 
 Notify = Callable[[str, str], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,6 +66,12 @@ async def _installing(ctx: Context) -> None:
         await asyncio.sleep(seconds)
 
 
+async def _blocking(function: Callable[..., T], *args: Any) -> T:
+    """Run a hardware operation off the event loop: on a real device it is apt, docker or a
+    firmware tool, which take minutes, and the connection's keepalive must go on meanwhile."""
+    return await asyncio.to_thread(function, *args)
+
+
 def _need(value: str | None, what: str, command: str) -> str:
     if not value:
         raise HardwareError(400, f"{command}: {what} is required")
@@ -93,7 +100,7 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
     tag = cmd.container_tag
     if cmd.app == "compose":
         if cmd.cmd == "list":
-            return Outcome("docker-compose stacks listed", data={"stacks": rt.compose_list()})
+            return Outcome("docker-compose stacks listed", data={"stacks": await _blocking(rt.compose_list)})
         tag = _need(tag, "containerTag", what)
         if cmd.cmd in ("up", "pull"):
             archive = await ctx.fetch(_need(cmd.fetch, "fetch", what), cmd.username, cmd.password, "aota")
@@ -105,21 +112,22 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
             folder = _package_folder(unpacked, members, tag, archive.name)
             file = cmd.file or "docker-compose.yml"
             if cmd.cmd == "up":
-                started = rt.compose_up(tag, folder, file)
+                started = await _blocking(rt.compose_up, tag, folder, file)
                 return Outcome(f"docker-compose {tag} is up", data={"containers": started})
-            pulled = rt.compose_pull(tag, folder, file)
+            pulled = await _blocking(rt.compose_pull, tag, folder, file)
             return Outcome(f"docker-compose {tag} images pulled", data={"images": pulled})
         if cmd.cmd == "down":
-            rt.compose_down(tag)
+            await _blocking(rt.compose_down, tag)
             return Outcome(f"docker-compose {tag} is down")
         if cmd.cmd == "remove":
-            rt.compose_remove(tag)
+            await _blocking(rt.compose_remove, tag)
             return Outcome(f"docker-compose {tag} removed")
         raise HardwareError(400, f"{what} is not supported (docker-compose: up, down, pull, list, remove)")
     if cmd.cmd == "stats":
-        return Outcome("container stats", data={"containers": rt.stats()})
+        return Outcome("container stats", data={"containers": await _blocking(rt.stats)})
     if cmd.cmd == "list":
-        return Outcome("containers listed", data={"images": rt.images(), "containers": rt.containers()})
+        return Outcome("containers listed", data={"images": await _blocking(rt.images),
+                                                  "containers": await _blocking(rt.containers)})
     tag = _need(tag, "containerTag", what)
     reference = _reference(tag, cmd.version)
     if cmd.cmd in ("import", "load"):
@@ -131,12 +139,12 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
         members = await asyncio.to_thread(packages.safe_extract, archive, unpacked)
         _package_folder(unpacked, members, archive.name.split(".", 1)[0], archive.name)
         if cmd.cmd == "import":
-            return Outcome(f"image {rt.image_import(archive, reference)} imported")
-        return Outcome(f"images loaded: {', '.join(rt.image_load(archive))}")
+            return Outcome(f"image {await _blocking(rt.image_import, archive, reference)} imported")
+        return Outcome(f"images loaded: {', '.join(await _blocking(rt.image_load, archive))}")
     if cmd.cmd == "pull":
-        return Outcome(f"image {rt.image_pull(reference)} pulled")
+        return Outcome(f"image {await _blocking(rt.image_pull, reference)} pulled")
     if cmd.cmd == "remove":
-        rt.image_remove(reference)
+        await _blocking(rt.image_remove, reference)
         return Outcome(f"image {reference} removed")
     raise HardwareError(400, f"{what} is not supported (docker: import, load, pull, remove, stats)")
 
@@ -178,7 +186,7 @@ async def fota(cmd: FotaCommand, ctx: Context, *, stage_only: bool = False) -> O
                           manufacturer=running.manufacturer, product=running.product)
     await ctx.notify("ota.installing", f"writing firmware {cmd.biosversion}")
     await _installing(ctx)
-    ctx.hardware.stage_firmware(image, target)
+    await _blocking(ctx.hardware.stage_firmware, image, target)
     shutil.rmtree(ctx.work_dir / "fota", ignore_errors=True)
     reboot = stage_only is False and (cmd.device_reboot or "yes").lower() not in ("no", "n", "false")
     return Outcome(f"firmware {cmd.biosversion} written; it runs after the reboot", reboot=reboot)
@@ -195,12 +203,12 @@ async def sota(cmd: SotaCommand, ctx: Context) -> Outcome:
         artifact = await ctx.fetch(cmd.fetch, cmd.username, cmd.password, "sota")
         await ctx.verify(artifact, cmd.signature, None)
         await ctx.notify("ota.installing", f"installing mender artifact {artifact.name}")
-        installed = pm.install_mender(artifact)
+        installed = await _blocking(pm.install_mender, artifact)
         return Outcome(f"mender artifact {installed} installed; it runs after the reboot",
                        data={"log": [f"mender install {artifact.name}"]}, reboot=True)
     mode = cmd.mode or "full"
     await _installing(ctx)
-    changed = pm.update(mode, list(cmd.packages) or None)
+    changed = await _blocking(pm.update, mode, list(cmd.packages) or None)
     log_lines = [f"apt-get ({mode}): {line}" for line in changed] or [f"apt-get ({mode}): nothing to do"]
     if cmd.logs_to_file:
         log_path = ctx.work_dir.parent / "sota.log"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,19 @@ class StateDir:
         """Remove every credential (decommission): the device can never connect with them again."""
         for path in (self.identity_path, self.key_path, self.cert_path):
             path.unlink(missing_ok=True)
+
+    def wipe(self) -> None:
+        """Remove everything the device kept (decommission): credentials, configuration, downloads."""
+        self.wipe_credentials()
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def next_boot(self) -> int:
         """Count boots; the number makes each boot's id unique across reboots."""

@@ -48,14 +48,20 @@ class Telemetry:
         self.samples.append((round(time.time(), 3), r.free_memory_mb, r.core_temp_c, r.disk_used_percent,
                              r.cpu_percent, r.battery_percent))
 
-    def seal(self) -> bytes | None:
+    def publish_readings(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Network counters and container stats: read once per publish. Blocking (a real device's
+        `docker stats` takes a second or two): run() reads them off the event loop."""
+        return self.hardware.resources().network, self.hardware.containers.stats()
+
+    def seal(self, readings: tuple[dict[str, Any], list[dict[str, Any]]] | None = None) -> bytes | None:
         """Turn the samples since the last publish into one cached message.
 
-        Network counters and container stats are read once, at publishing time, and go with the
+        Network counters and container stats (`readings`, read now when not given) go with the
         newest sample.
         """
         if not self.samples:
             return None
+        network, container_stats = readings if readings is not None else self.publish_readings()
         samples: list[dict[str, Any]] = []
         for ts, memory, temp, disk, cpu, battery in self.samples:
             sample: dict[str, Any] = {"ts": ts, "available_memory_mb": memory, "core_temp_c": temp,
@@ -63,8 +69,8 @@ class Telemetry:
             if battery is not None:
                 sample["battery_percent"] = battery
             samples.append(sample)
-        samples[-1]["network"] = self.hardware.resources().network
-        samples[-1]["container_stats"] = self.hardware.containers.stats()
+        samples[-1]["network"] = network
+        samples[-1]["container_stats"] = container_stats
         self.seq += 1
         payload = wire.encode({"v": wire.PROTOCOL_VERSION, "seq": self.seq, "samples": samples,
                                "dropped": self.dropped})
@@ -101,7 +107,7 @@ class Telemetry:
             now = time.monotonic()
             if now - last_publish >= self.config.int("publishIntervalSeconds"):
                 last_publish = now
-                payload = self.seal()
+                payload = self.seal(await asyncio.to_thread(self.publish_readings))
                 if payload is not None and connected():
                     try:
                         await publish(wire.topic(self.serial, wire.TELEMETRY), payload)

@@ -35,6 +35,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 #: Largest MQTT packet (its remaining length) either side accepts: a payload at its maximum plus
 #: room for the topic, packet id and, in a CONNECT, client id, credentials and will topic.
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4 * 1024
+#: The registration refusal that means "a fault on the platform's side": the device retries it.
+REGISTER_RETRY_LATER = "platform error; retry later"
 
 #: Deepest nesting of arrays and objects accepted in any JSON input, MQTT payload or REST body.
 #: The deepest real message (telemetry: payload, samples, sample, network, interface, counter) is

@@ -8,14 +8,11 @@ runs from the next boot.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.hardware import HardwareError
-
-SOTA_MODES = ("full", "no-download", "download-only")
-_SOURCE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(list|sources)$")
+from agent.hardware import SOTA_MODES, HardwareError
+from agent.hardware import SOURCE_FILE as _SOURCE_FILE
 
 
 def _bump(version: str) -> str:

@@ -29,6 +29,10 @@ PACKAGES = ("agent", "harness", "simulators")
 AGENT_THIRD_PARTY = {"aiomqtt", "paho", "cryptography", "defusedxml", "xmlschema"}
 #: What the platform and the broker may take from the agent: the wire contract and agent.env.
 CONTRACT = {"agent.wire", "agent.env"}
+#: Where a library's private internals may be touched: its one compat module (DESIGN.md section 4).
+PAHO_USERS = {"agent/paho_compat.py"}
+#: Process-wide tuning belongs to entry points, which call this one module.
+TUNING = {"harness/broker/tuning.py"}
 #: The third-party stack of the server; the operator library must load none of it.
 SERVER_STACK = {"amqtt", "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic"}
 
@@ -147,6 +151,18 @@ def test_import_rules_hold():
     violations = [v for path, module in project_modules()
                   for v in check(path, path.read_text(), role_of_path(path), module)]
     assert not violations, "layout broken:\n" + "\n".join(map(str, violations))
+
+
+def test_library_internals_are_overridden_only_in_compat_modules():
+    for path, _ in project_modules():
+        rel = str(path.relative_to(ROOT))
+        text = path.read_text()
+        if any(name.split(".")[0] == "paho" for _, name in imports(text)) and rel.startswith("agent/"):
+            assert rel in PAHO_USERS, f"{rel} imports paho: its internals belong in agent/paho_compat.py"
+        if not path.name.endswith("_compat.py"):
+            assert "._client." not in text and "_on_socket_register_write" not in text, rel
+        if rel not in TUNING:
+            assert "gc.set_threshold" not in text, f"{rel}: process-wide tuning belongs to entry points"
 
 
 def test_a_forbidden_import_is_caught():

@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from harness.cli import audit, demo, eol, fleet, manage, pms, serve, sim
+from harness.cli import agent, audit, demo, eol, fleet, manage, pms, serve, sim
 from harness.cli.output import fail
 from harness.client import Client
 from harness.errors import Refused
@@ -77,6 +77,7 @@ app.add_typer(fleet.app, name="fleet", help="Fleet Manager: claim devices, list 
 app.add_typer(eol.app, name="eol", help="End of life: dispose of devices (permanent), list disposals.")
 app.add_typer(eol.cve_app, name="cve", help="CVE tracking records of devices.")
 app.add_typer(sim.app, name="sim", help="Simulated devices.")
+app.add_typer(agent.app, name="agent", help="The device agent: build its bundle for a device.")
 app.add_typer(manage.ota_app, name="ota", help="Updates: AOTA, FOTA, SOTA, or a raw manifest.")
 app.add_typer(manage.config_app, name="config", help="The devices' configuration file.")
 app.add_typer(manage.power_app, name="power", help="Reboot or shut down devices.")

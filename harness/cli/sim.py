@@ -68,17 +68,10 @@ def device(
 async def _run(agent: Agent, hardware: SimulatedHardware, until_live: bool, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     if until_live:
-        task = asyncio.create_task(agent.run(until_live=True))
+        task = asyncio.create_task(agent.run_until_live(timeout))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            reason = agent.last_error or "no answer from the platform"
-            fail(f"{agent.serial} not live after {timeout:.0f}s: {reason}")
+        await task  # AgentError (refused, TLS verification failed, not live in time): see device()
         print(f"{agent.serial} registered and live", flush=True)
         return
     # Powered on until a signal or a shutdown command; a reboot command cycles the agent.
