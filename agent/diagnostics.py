@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from agent.config import AgentConfig
 from agent.hardware import Hardware, HardwareError
+from agent.wire import ResultCode
 
 
 def check(hardware: Hardware, config: AgentConfig, when: str) -> None:
-    """Raise HardwareError(301) naming every check that failed; `when` is 'pre' or 'post'."""
+    """Raise HardwareError(COMMAND_FAILURE) naming every check that failed; `when` is 'pre' or 'post'."""
     reading = hardware.resources()
     failures = []
     if reading.free_storage_mb < config.int("minStorageMB"):
@@ -24,4 +25,4 @@ def check(hardware: Hardware, config: AgentConfig, when: str) -> None:
     if missing:
         failures.append(f"mandatory software missing: {', '.join(missing)}")
     if failures:
-        raise HardwareError(301, f"{when}-update diagnostics failed: " + "; ".join(failures))
+        raise HardwareError(ResultCode.COMMAND_FAILURE, f"{when}-update diagnostics failed: " + "; ".join(failures))

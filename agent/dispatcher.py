@@ -23,7 +23,7 @@ from agent import diagnostics, ota, packages, wire
 from agent.config import AgentConfig
 from agent.hardware import Hardware, HardwareError
 from agent.manifest import (
-    OTA_FAILURE,
+    MESSAGES,
     AotaCommand,
     ConfigCommand,
     DecommissionCommand,
@@ -38,11 +38,11 @@ from agent.manifest import (
     parse_manifest,
 )
 from agent.rpc_forms import manifest_from_rpc
+from agent.wire import ResultCode
 
 log = logging.getLogger("fleetrig.agent.dispatcher")
 
 AGENT_VERSION = "fleetrig-agent 0.1.0"
-BUSY_MESSAGE = "OTA IN PROGRESS, TRY LATER"
 
 After = Callable[[], Awaitable[None]]
 Notify = Callable[[str, str], Awaitable[None]]
@@ -72,7 +72,7 @@ class Dispatcher:
     async def handle(self, request: wire.RpcRequest) -> Answer:
         job = request.job_id
         try:
-            if request.method == "triggerota":
+            if request.method == wire.TRIGGER_OTA:
                 raw = request.params.get("manifest")
                 if not isinstance(raw, str):
                     raise ManifestError("triggerota: field 'manifest' must hold the manifest XML")
@@ -88,29 +88,32 @@ class Dispatcher:
                 return await self._update(command, request)
             if isinstance(command, QueryCommand):
                 data = await asyncio.to_thread(self.query, command.option)
-                return Answer(wire.RpcResult(200, f"query {command.option}", job, data))
+                return Answer(wire.RpcResult(ResultCode.COMMAND_SUCCESS, f"query {command.option}", job, data))
             if isinstance(command, ConfigCommand):
                 message, data = await self._config(command)
-                return Answer(wire.RpcResult(200, message, job, data))
+                return Answer(wire.RpcResult(ResultCode.COMMAND_SUCCESS, message, job, data))
             if isinstance(command, SourceCommand):
                 outcome = ota.sources(command, self.ctx)
-                return Answer(wire.RpcResult(200, outcome.message, job, outcome.data))
+                return Answer(wire.RpcResult(ResultCode.COMMAND_SUCCESS, outcome.message, job, outcome.data))
             if isinstance(command, PowerCommand):
                 action = command.action
-                return Answer(wire.RpcResult(200, f"{action}: going offline", job), self._power(action))
+                return Answer(wire.RpcResult(ResultCode.COMMAND_SUCCESS,
+                                             f"{action}: going offline", job), self._power(action))
             if isinstance(command, DecommissionCommand):
-                return Answer(wire.RpcResult(200, "decommission: credentials removed; shutting down", job,
+                return Answer(wire.RpcResult(ResultCode.COMMAND_SUCCESS,
+                                             "decommission: credentials removed; shutting down", job,
                                              {"action": "decommission"}), self._decommission())
         except HardwareError as exc:
             return Answer(wire.RpcResult(exc.status, str(exc), job))
-        return Answer(wire.RpcResult(301, f"{type(command).__name__} is not supported", job))
+        return Answer(wire.RpcResult(ResultCode.COMMAND_FAILURE, f"{type(command).__name__} is not supported", job))
 
     # -- updates ------------------------------------------------------------------------------------
 
     async def _update(self, command: OtaCommand, request: wire.RpcRequest) -> Answer:
         job = request.job_id
         if self.busy_with is not None:
-            return Answer(wire.RpcResult(OTA_FAILURE, f"{BUSY_MESSAGE}: {self.busy_with} is running", job))
+            busy = wire.ResultCode.OTA_FAILURE
+            return Answer(wire.RpcResult(busy, f"{MESSAGES[busy]}: {self.busy_with} is running", job))
         name = command.ota_type.upper()
         self.busy_with = f"{name} {job}".strip()
         try:
@@ -121,7 +124,8 @@ class Dispatcher:
             try:
                 outcome = await asyncio.wait_for(runner(command, self.ctx), request.timeout_s)  # type: ignore[operator]
             except TimeoutError:
-                raise HardwareError(301, f"{name} did not finish within {request.timeout_s:.0f}s") from None
+                raise HardwareError(ResultCode.COMMAND_FAILURE,
+                                    f"{name} did not finish within {request.timeout_s:.0f}s") from None
             diagnostics.check(self.hardware, self.config, "post")
         except HardwareError as exc:
             await self.notify("ota.failed", f"{name} failed: {exc}")
@@ -129,7 +133,7 @@ class Dispatcher:
         finally:
             self.busy_with = None
         await self.notify("ota.succeeded", f"{name}: {outcome.message}")
-        return Answer(wire.RpcResult(200, outcome.message, job, outcome.data),
+        return Answer(wire.RpcResult(ResultCode.COMMAND_SUCCESS, outcome.message, job, outcome.data),
                       self._power("restart") if outcome.reboot else None)
 
     # -- configuration ------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ class Dispatcher:
             return "configuration element removed", cfg.remove(command.path or "")
         if command.cmd == "load":
             if not command.fetch:
-                raise HardwareError(400, "config load: fetch is required")
+                raise HardwareError(ResultCode.INSTALL_FAILURE, "config load: fetch is required")
             path = await self.ctx.fetch(command.fetch, None, None, "config")
             await self.ctx.verify(path, command.signature, None)
             if path.name.endswith((".tar", ".tar.gz", ".tgz")):
@@ -154,10 +158,11 @@ class Dispatcher:
                 members = await asyncio.to_thread(packages.safe_extract, path, unpacked)
                 confs = [m for m in members if m.endswith(".conf")]
                 if len(confs) != 1:
-                    raise HardwareError(400, f"config load: {path.name} must hold one .conf file")
+                    raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                        f"config load: {path.name} must hold one .conf file")
                 path = unpacked / confs[0]
             return "configuration loaded", cfg.load(path.read_bytes())
-        raise HardwareError(301, f"config command {command.cmd!r} is not supported")
+        raise HardwareError(ResultCode.COMMAND_FAILURE, f"config command {command.cmd!r} is not supported")
 
     # -- queries ------------------------------------------------------------------------------------
 
@@ -179,7 +184,7 @@ class Dispatcher:
         if option == "all":
             return {name: build() for name, build in parts.items()}
         if option not in parts:
-            raise HardwareError(300, f"unknown query option {option!r}")
+            raise HardwareError(ResultCode.XML_FAILURE, f"unknown query option {option!r}")
         return {option: parts[option]()}
 
     # -- power ----------------------------------------------------------------------------------------

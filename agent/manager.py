@@ -21,6 +21,7 @@ from agent.env import AgentEnv
 from agent.hardware import Hardware
 from agent.state import StateDir
 from agent.telemetry import Telemetry
+from agent.wire import ResultCode
 
 log = logging.getLogger("fleetrig.agent.manager")
 
@@ -97,7 +98,7 @@ class DeviceManager:
         try:
             request = wire.RpcRequest.parse(request_id, payload)
         except wire.WireError as exc:
-            result = wire.RpcResult(300, str(exc))
+            result = wire.RpcResult(ResultCode.XML_FAILURE, str(exc))
         else:
             answer = await self.dispatcher.handle(request)
             result, after = answer.result, answer.after

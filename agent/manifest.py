@@ -42,6 +42,7 @@ from agent.manifest_model import (
     DecommissionCommand,
     FotaCommand,
     Manifest,
+    ManifestError,
     OtaBundle,
     OtaCommand,
     OtaHeader,
@@ -51,22 +52,14 @@ from agent.manifest_model import (
     SotaCommand,
     SourceCommand,
 )
-from agent.wire import WireError, decode
+from agent.wire import ResultCode, WireError, decode
 
 __all__ = [
     "BUSY_STATUSES",
-    "COMMAND_FAILURE",
-    "COMMAND_SUCCESS",
-    "FILE_NOT_FOUND",
-    "IMAGE_IMPORT_FAILURE",
-    "INSTALL_FAILURE",
     "MAX_DEPTH",
     "MAX_MANIFEST_BYTES",
     "MESSAGES",
-    "OTA_FAILURE",
-    "OTA_IN_PROGRESS",
     "SCHEMA_PATH",
-    "XML_FAILURE",
     "AotaCommand",
     "Command",
     "ConfigCommand",
@@ -81,6 +74,7 @@ __all__ = [
     "PowerCommand",
     "QueryCommand",
     "Result",
+    "ResultCode",
     "SotaCommand",
     "SourceCommand",
     "parse_manifest",
@@ -90,46 +84,24 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Status codes and results
 
-COMMAND_SUCCESS = 200
-XML_FAILURE = 300  # the manifest failed to parse or validate; nothing was changed
-COMMAND_FAILURE = 301
-OTA_IN_PROGRESS = 302  # another OTA is running (the code INBM's dispatcher sends)
-OTA_FAILURE = 303  # another OTA is running (the code the INBM ThingsBoard guide lists)
-INSTALL_FAILURE = 400
-IMAGE_IMPORT_FAILURE = 401
-FILE_NOT_FOUND = 404
 
 #: The upstream message for each status.
 MESSAGES: dict[int, str] = {
-    COMMAND_SUCCESS: "COMMAND SUCCESS",
-    XML_FAILURE: "FAILED TO PARSE/VALIDATE MANIFEST",
-    COMMAND_FAILURE: "COMMAND FAILURE",
-    OTA_IN_PROGRESS: "OTA IN PROGRESS, TRY LATER",
-    OTA_FAILURE: "OTA IN PROGRESS, TRY LATER",
-    INSTALL_FAILURE: "FAILED TO INSTALL",
-    IMAGE_IMPORT_FAILURE: "FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT",
-    FILE_NOT_FOUND: "FILE NOT FOUND",
+    ResultCode.COMMAND_SUCCESS: "COMMAND SUCCESS",
+    ResultCode.XML_FAILURE: "FAILED TO PARSE/VALIDATE MANIFEST",
+    ResultCode.COMMAND_FAILURE: "COMMAND FAILURE",
+    ResultCode.OTA_IN_PROGRESS: "OTA IN PROGRESS, TRY LATER",
+    ResultCode.OTA_FAILURE: "OTA IN PROGRESS, TRY LATER",
+    ResultCode.INSTALL_FAILURE: "FAILED TO INSTALL",
+    ResultCode.IMAGE_IMPORT_FAILURE: "FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT",
+    ResultCode.FILE_NOT_FOUND: "FILE NOT FOUND",
 }
 
 #: Statuses meaning "busy: another OTA is in progress, try later".
-BUSY_STATUSES = frozenset({OTA_IN_PROGRESS, OTA_FAILURE})
+BUSY_STATUSES = frozenset({ResultCode.OTA_IN_PROGRESS, ResultCode.OTA_FAILURE})
 
 _JOB_ID_MAX = 128
 _RESULT_MESSAGE_MAX = 4096
-
-
-class ManifestError(WireError):
-    """A manifest (or RPC call) that cannot be executed. `status` is the result code to answer
-    with (300 unless stated), the message names what is wrong, and `path` is the XML path of the
-    offending element when the schema found it."""
-
-    def __init__(self, message: str, status: int = XML_FAILURE, *, path: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.path = path
-
-    def result(self, job_id: str = "") -> Result:
-        return Result.failure(self.status, str(self), job_id=job_id)
 
 
 @dataclass(frozen=True)
@@ -142,7 +114,12 @@ class Result:
 
     @classmethod
     def success(cls, job_id: str = "", detail: str = "") -> Result:
-        return cls.failure(COMMAND_SUCCESS, detail, job_id=job_id)
+        return cls.failure(ResultCode.COMMAND_SUCCESS, detail, job_id=job_id)
+
+    @classmethod
+    def refused(cls, error: ManifestError, job_id: str = "") -> Result:
+        """The answer to a manifest or RPC call that cannot be executed."""
+        return cls.failure(error.status, str(error), job_id=job_id)
 
     @classmethod
     def failure(cls, status: int, detail: str = "", *, job_id: str = "") -> Result:
@@ -153,7 +130,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.status == COMMAND_SUCCESS
+        return self.status == ResultCode.COMMAND_SUCCESS
 
     @property
     def busy(self) -> bool:

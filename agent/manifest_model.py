@@ -16,6 +16,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from agent.wire import ResultCode, WireError
+
+
+class ManifestError(WireError):
+    """A manifest (or RPC call) that cannot be executed. `status` is the result code to answer
+    with (300 unless stated), the message names what is wrong, and `path` is the XML path of the
+    offending element when the schema found it."""
+
+    def __init__(self, message: str, status: int = ResultCode.XML_FAILURE, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.path = path
+
+
 # Value kinds of manifest fields, and how each is read from / written to XML text.
 _STR = "str"  # xs:string: whitespace kept exactly
 _URI = "uri"  # xs:anyURI: whitespace collapsed
@@ -36,9 +50,6 @@ def _read_value(text: str, kind: str, where: str) -> Any:
         return Decimal(collapsed)
     if kind == _INT:
         return int(Decimal(collapsed))
-    # Imported here, not at the top: agent.manifest imports this module (and re-exports it).
-    from agent.manifest import ManifestError
-
     match = _DATE_LEXICAL.match(collapsed)
     year = int(match.group(1)) if match else 0
     if not match or not 1 <= year <= 9999:

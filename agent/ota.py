@@ -20,6 +20,7 @@ from agent import packages
 from agent.config import AgentConfig
 from agent.hardware import FirmwareInfo, Hardware, HardwareError
 from agent.manifest import AotaCommand, FotaCommand, PotaCommand, SotaCommand, SourceCommand
+from agent.wire import ResultCode
 
 Notify = Callable[[str, str], Awaitable[None]]
 T = TypeVar("T")
@@ -74,7 +75,7 @@ async def _blocking(function: Callable[..., T], *args: Any) -> T:
 
 def _need(value: str | None, what: str, command: str) -> str:
     if not value:
-        raise HardwareError(400, f"{command}: {what} is required")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"{command}: {what} is required")
     return value
 
 
@@ -87,7 +88,8 @@ def _package_folder(root: Path, members: list[str], tag: str, archive: str) -> P
     tops = {m.split("/", 1)[0] for m in members if m}
     if tag not in tops:
         found = ", ".join(sorted(tops))
-        raise HardwareError(400, f"package {archive} must hold a folder named {tag!r} (found: {found})")
+        raise HardwareError(ResultCode.INSTALL_FAILURE,
+                            f"package {archive} must hold a folder named {tag!r} (found: {found})")
     return root / tag
 
 
@@ -106,7 +108,8 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
             archive = await ctx.fetch(_need(cmd.fetch, "fetch", what), cmd.username, cmd.password, "aota")
             await ctx.verify(archive, cmd.signature, cmd.sigversion)
             if not archive.name.endswith((".tar.gz", ".tgz", ".tar")):
-                raise HardwareError(400, f"{what}: package {archive.name} is not a tar.gz archive")
+                raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                    f"{what}: package {archive.name} is not a tar.gz archive")
             unpacked = ctx.work_dir / "aota" / f"{tag}.unpacked"
             members = await asyncio.to_thread(packages.safe_extract, archive, unpacked)
             folder = _package_folder(unpacked, members, tag, archive.name)
@@ -122,7 +125,8 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
         if cmd.cmd == "remove":
             await _blocking(rt.compose_remove, tag)
             return Outcome(f"docker-compose {tag} removed")
-        raise HardwareError(400, f"{what} is not supported (docker-compose: up, down, pull, list, remove)")
+        raise HardwareError(ResultCode.INSTALL_FAILURE,
+                            f"{what} is not supported (docker-compose: up, down, pull, list, remove)")
     if cmd.cmd == "stats":
         return Outcome("container stats", data={"containers": await _blocking(rt.stats)})
     if cmd.cmd == "list":
@@ -134,7 +138,7 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
         archive = await ctx.fetch(_need(cmd.fetch, "fetch", what), cmd.username, cmd.password, "aota")
         await ctx.verify(archive, cmd.signature, cmd.sigversion)
         if not archive.name.endswith((".tar.gz", ".tgz")):
-            raise HardwareError(400, f"{what}: package {archive.name} must be a tar.gz")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"{what}: package {archive.name} must be a tar.gz")
         unpacked = ctx.work_dir / "aota" / f"{tag}.unpacked"
         members = await asyncio.to_thread(packages.safe_extract, archive, unpacked)
         _package_folder(unpacked, members, archive.name.split(".", 1)[0], archive.name)
@@ -146,7 +150,8 @@ async def aota(cmd: AotaCommand, ctx: Context) -> Outcome:
     if cmd.cmd == "remove":
         await _blocking(rt.image_remove, reference)
         return Outcome(f"image {reference} removed")
-    raise HardwareError(400, f"{what} is not supported (docker: import, load, pull, remove, stats)")
+    raise HardwareError(ResultCode.INSTALL_FAILURE,
+                        f"{what} is not supported (docker: import, load, pull, remove, stats)")
 
 
 # -- FOTA -----------------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ def _check_platform(cmd: FotaCommand, running: FirmwareInfo) -> None:
         problems.append(f"release date {cmd.releasedate} is not newer than the running firmware's "
                         f"{running.release_date}")
     if problems:
-        raise HardwareError(400, "FOTA: " + "; ".join(problems))
+        raise HardwareError(ResultCode.INSTALL_FAILURE, "FOTA: " + "; ".join(problems))
 
 
 async def fota(cmd: FotaCommand, ctx: Context, *, stage_only: bool = False) -> Outcome:
@@ -179,7 +184,8 @@ async def fota(cmd: FotaCommand, ctx: Context, *, stage_only: bool = False) -> O
         members = await asyncio.to_thread(packages.safe_extract, package, unpacked)
         binaries = [m for m in members if m.endswith((".bin", ".cap", ".fd", ".img"))]
         if len(binaries) != 1:
-            raise HardwareError(400, f"FOTA: package {package.name} must hold exactly one firmware binary, "
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"FOTA: package {package.name} must hold exactly one firmware binary, "
                                      f"found {len(binaries)}")
         image = unpacked / binaries[0]
     target = FirmwareInfo(vendor=running.vendor, version=cmd.biosversion, release_date=cmd.releasedate,
@@ -198,7 +204,7 @@ async def fota(cmd: FotaCommand, ctx: Context, *, stage_only: bool = False) -> O
 async def sota(cmd: SotaCommand, ctx: Context) -> Outcome:
     pm = ctx.hardware.packages
     if cmd.cmd != "update":
-        raise HardwareError(400, f"SOTA command {cmd.cmd!r} is not supported (update)")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"SOTA command {cmd.cmd!r} is not supported (update)")
     if cmd.fetch:
         artifact = await ctx.fetch(cmd.fetch, cmd.username, cmd.password, "sota")
         await ctx.verify(artifact, cmd.signature, None)
@@ -236,10 +242,10 @@ def sources(cmd: SourceCommand, ctx: Context) -> Outcome:
         return Outcome("package sources listed", data={"sources": pm.sources()})
     filename = cmd.filename or ("sources.list" if cmd.target == "os" else None)
     if not filename:
-        raise HardwareError(400, f"source {cmd.action}: a file name is required")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"source {cmd.action}: a file name is required")
     if cmd.action in ("add", "update"):
         if cmd.action == "update" and filename not in pm.sources():
-            raise HardwareError(400, f"source update: no source file {filename}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"source update: no source file {filename}")
         pm.add_source(filename, list(cmd.sources))
         return Outcome(f"source {filename} {'added' if cmd.action == 'add' else 'updated'}")
     pm.remove_source(filename)

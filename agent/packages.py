@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from agent.hardware import HardwareError
+from agent.wire import MAX_PACKAGE_BYTES, ResultCode
 
-MAX_PACKAGE_BYTES = 256 * 1024 * 1024
 MIN_RSA_BITS = 3000
 HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 
@@ -49,9 +49,10 @@ def check_trusted(url: str, trusted: list[str]) -> None:
     """Refuse a fetch URL that does not start with a trusted repository entry."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HardwareError(400, f"Source verification failed: {url!r} is not an http(s) URL")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"Source verification failed: {url!r} is not an http(s) URL")
     if not any(entry and url.startswith(entry) for entry in trusted):
-        raise HardwareError(400, f"Source verification failed: {url} is not in trustedRepositories")
+        raise HardwareError(ResultCode.INSTALL_FAILURE,
+                            f"Source verification failed: {url} is not in trustedRepositories")
 
 
 def download(url: str, target_dir: Path, *, ca_pem: str | None = None, username: str | None = None,
@@ -59,7 +60,7 @@ def download(url: str, target_dir: Path, *, ca_pem: str | None = None, username:
     """Fetch `url` into `target_dir` (blocking; run it in a thread). 404 when it is not there."""
     name = PurePosixPath(urlsplit(url).path).name
     if not name or name in (".", ".."):
-        raise HardwareError(400, f"fetch URL {url} names no file")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"fetch URL {url} names no file")
     context = _context(ca_pem)
     request = urllib.request.Request(url, headers={"User-Agent": "fleetrig-agent"})
     if username:
@@ -73,21 +74,22 @@ def download(url: str, target_dir: Path, *, ca_pem: str | None = None, username:
             while chunk := response.read(256 * 1024):
                 total += len(chunk)
                 if total > max_bytes:
-                    raise HardwareError(400, f"package {name} is larger than {max_bytes} bytes")
+                    raise HardwareError(ResultCode.INSTALL_FAILURE, f"package {name} is larger than {max_bytes} bytes")
                 out.write(chunk)
     except urllib.error.HTTPError as exc:
         path.unlink(missing_ok=True)
         if exc.code == 404:
-            raise HardwareError(404, f"FILE NOT FOUND: {url}") from None
+            raise HardwareError(ResultCode.FILE_NOT_FOUND, f"FILE NOT FOUND: {url}") from None
         if exc.code in (401, 403):
             raise HardwareError(
                 400, f"the repository refused the download ({exc.code}): check username/password"
             ) from None
-        raise HardwareError(400, f"download of {url} failed: HTTP {exc.code}") from None
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"download of {url} failed: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         path.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
-        raise HardwareError(404 if isinstance(reason, FileNotFoundError) else 400,
+        missing = isinstance(reason, FileNotFoundError)
+        raise HardwareError(ResultCode.FILE_NOT_FOUND if missing else ResultCode.INSTALL_FAILURE,
                             f"download of {url} failed: {reason}") from None
     return path
 
@@ -101,23 +103,24 @@ def verify_signature(path: Path, signature_hex: str | None, cert_pem: str | None
     if not cert_pem:
         return
     if not signature_hex:
-        raise HardwareError(400, "signature missing: this device checks package signatures")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, "signature missing: this device checks package signatures")
     algorithm = HASHES.get(str(sigversion).strip() or "384")
     if algorithm is None:
-        raise HardwareError(400, f"unknown signature hash SHA-{sigversion}; use 256, 384 or 512")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"unknown signature hash SHA-{sigversion}; use 256, 384 or 512")
     try:
         signature = binascii.unhexlify(signature_hex.strip())
     except (binascii.Error, ValueError):
-        raise HardwareError(400, "signature is not hexadecimal") from None
+        raise HardwareError(ResultCode.INSTALL_FAILURE, "signature is not hexadecimal") from None
     key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size <= MIN_RSA_BITS:
-        raise HardwareError(400, f"signature certificate must hold an RSA key over {MIN_RSA_BITS} bits")
+        raise HardwareError(ResultCode.INSTALL_FAILURE,
+                            f"signature certificate must hold an RSA key over {MIN_RSA_BITS} bits")
     data = path.read_bytes()
     try:
         key.verify(signature, data, padding.PSS(mgf=padding.MGF1(algorithm()), salt_length=padding.PSS.MAX_LENGTH),
                    algorithm())
     except InvalidSignature:
-        raise HardwareError(400, f"signature check failed for {path.name}") from None
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"signature check failed for {path.name}") from None
 
 
 def sign(data: bytes, private_key: rsa.RSAPrivateKey, sigversion: str = "384") -> str:
@@ -136,9 +139,11 @@ def safe_extract(archive: Path, target: Path) -> list[str]:
             for member in members:
                 name = PurePosixPath(member.name)
                 if name.is_absolute() or ".." in name.parts:
-                    raise HardwareError(400, f"package {archive.name}: member {member.name!r} escapes the folder")
+                    raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                        f"package {archive.name}: member {member.name!r} escapes the folder")
                 if not (member.isfile() or member.isdir()):
-                    raise HardwareError(400, f"package {archive.name}: member {member.name!r} is a link or device")
+                    raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                        f"package {archive.name}: member {member.name!r} is a link or device")
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
@@ -147,5 +152,6 @@ def safe_extract(archive: Path, target: Path) -> list[str]:
             safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(target, members=members, **safety)  # type: ignore[arg-type]
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise HardwareError(400, f"package {archive.name} is not a valid tar archive: {exc}") from None
+        raise HardwareError(ResultCode.INSTALL_FAILURE,
+                            f"package {archive.name} is not a valid tar archive: {exc}") from None
     return sorted(m.name for m in members)

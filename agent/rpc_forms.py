@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from agent.manifest import COMMAND_FAILURE, ManifestError, parse_manifest
+from agent.manifest import ManifestError, parse_manifest
 from agent.manifest_model import (
     AotaCommand,
     Command,
@@ -26,19 +26,19 @@ from agent.manifest_model import (
     QueryCommand,
     SotaCommand,
 )
-
-TRIGGER_OTA = "triggerota"
-TRIGGER_AOTA = "triggeraota"
-TRIGGER_FOTA = "triggerfota"
-TRIGGER_SOTA = "triggersota"
-TRIGGER_CONFIG = "triggerconfig"
-TRIGGER_QUERY = "triggerquery"
-REBOOT_DEVICE = "reboot_device"
-SHUTDOWN_DEVICE = "shutdown_device"
-DECOMMISSION_DEVICE = "decommission_device"
-
-RPC_METHODS = (TRIGGER_OTA, TRIGGER_AOTA, TRIGGER_FOTA, TRIGGER_SOTA, TRIGGER_CONFIG, TRIGGER_QUERY,
-               REBOOT_DEVICE, SHUTDOWN_DEVICE, DECOMMISSION_DEVICE)
+from agent.wire import (
+    DECOMMISSION_DEVICE,
+    REBOOT_DEVICE,
+    RPC_METHODS,
+    SHUTDOWN_DEVICE,
+    TRIGGER_AOTA,
+    TRIGGER_CONFIG,
+    TRIGGER_FOTA,
+    TRIGGER_OTA,
+    TRIGGER_QUERY,
+    TRIGGER_SOTA,
+    ResultCode,
+)
 
 _PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Characters XML 1.0 cannot carry at all, even escaped.
@@ -280,7 +280,7 @@ def manifest_from_rpc(method: str, params: Any) -> str:
     builder = _BUILDERS.get(method)
     if builder is None:
         raise ManifestError(f"unknown RPC method {method!r}; expected one of {', '.join(RPC_METHODS)}",
-                            status=COMMAND_FAILURE)
+                            status=ResultCode.COMMAND_FAILURE)
     p = _Params(method, params)
     command = builder(p)
     p.finish()

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -30,6 +31,8 @@ ACK = "ack"
 RPC_REQUEST = "rpc/request"
 RPC_RESPONSE = "rpc/response"
 
+#: Largest OTA package the repository stores and a device downloads.
+MAX_PACKAGE_BYTES = 256 * 1024 * 1024
 #: Largest payload either side accepts; anything bigger is refused unread.
 MAX_PAYLOAD_BYTES = 256 * 1024
 #: Largest MQTT packet (its remaining length) either side accepts: a payload at its maximum plus
@@ -66,6 +69,23 @@ AUTH_MODES = (AUTH_X509, AUTH_TOKEN)
 
 ROLE_REGISTRATION = "registration"
 ROLE_DEVICE = "device"
+
+
+class ResultCode(IntEnum):
+    """The status of every command result: the seed's codes (INBM user guide), and two the platform sets."""
+
+    COMMAND_SUCCESS = 200
+    XML_FAILURE = 300  # the manifest failed to parse or validate; nothing was changed
+    COMMAND_FAILURE = 301
+    OTA_IN_PROGRESS = 302  # another OTA is running (the code INBM's dispatcher sends)
+    OTA_FAILURE = 303  # another OTA is running (the code the INBM ThingsBoard guide lists)
+    INSTALL_FAILURE = 400
+    IMAGE_IMPORT_FAILURE = 401
+    FILE_NOT_FOUND = 404
+    #: Set by the platform: the device said nothing before the job's deadline.
+    TIMEOUT = 408
+    #: Set by the platform: the device was offline when the job was to be sent.
+    OFFLINE = 503
 
 
 class WireError(ValueError):
@@ -397,10 +417,17 @@ MAX_MESSAGE_CHARS = 4000
 MAX_SAMPLES = 10_000
 
 #: RPC methods, named as the upstream ThingsBoard adapter names them.
-RPC_METHODS = (
-    "triggerota", "triggeraota", "triggerfota", "triggersota", "triggerconfig", "triggerquery",
-    "reboot_device", "shutdown_device", "decommission_device",
-)
+TRIGGER_OTA = "triggerota"
+TRIGGER_AOTA = "triggeraota"
+TRIGGER_FOTA = "triggerfota"
+TRIGGER_SOTA = "triggersota"
+TRIGGER_CONFIG = "triggerconfig"
+TRIGGER_QUERY = "triggerquery"
+REBOOT_DEVICE = "reboot_device"
+SHUTDOWN_DEVICE = "shutdown_device"
+DECOMMISSION_DEVICE = "decommission_device"
+RPC_METHODS = (TRIGGER_OTA, TRIGGER_AOTA, TRIGGER_FOTA, TRIGGER_SOTA, TRIGGER_CONFIG, TRIGGER_QUERY,
+               REBOOT_DEVICE, SHUTDOWN_DEVICE, DECOMMISSION_DEVICE)
 
 
 @dataclass(frozen=True)

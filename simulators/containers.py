@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.hardware import HardwareError
+from agent.wire import ResultCode
 from simulators.families import Noise
 
 #: Images the modelled registry can serve, with their sizes in MB.
@@ -29,7 +30,7 @@ _REFERENCE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_.-]{1,128})?$
 def normalize(reference: str) -> str:
     reference = reference.strip()
     if not _REFERENCE.match(reference):
-        raise HardwareError(400, f"invalid image reference {reference!r}")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"invalid image reference {reference!r}")
     return reference if ":" in reference.rsplit("/", 1)[-1] else reference + ":latest"
 
 
@@ -60,10 +61,10 @@ def compose_images(compose_file: Path) -> dict[str, str]:
         elif current and text.startswith("image:"):
             services[current] = text.split(":", 1)[1].strip().strip("'\"")
     if not services:
-        raise HardwareError(400, f"{compose_file.name}: no services defined")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"{compose_file.name}: no services defined")
     missing = [name for name, image in services.items() if not image]
     if missing:
-        raise HardwareError(400, f"{compose_file.name}: service {missing[0]} names no image")
+        raise HardwareError(ResultCode.INSTALL_FAILURE, f"{compose_file.name}: service {missing[0]} names no image")
     return services
 
 
@@ -90,7 +91,7 @@ class SimulatedContainerRuntime:
 
     def _charge(self, reference: str, size: int) -> None:
         if self.used_mb() + size > self.storage_mb:
-            raise HardwareError(400, f"no space left for image {reference} ({size} MB)")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"no space left for image {reference} ({size} MB)")
         self.images_[reference] = size
 
     def images(self) -> list[dict[str, Any]]:
@@ -109,7 +110,8 @@ class SimulatedContainerRuntime:
     def image_import(self, archive: Path, tag: str) -> str:
         reference = normalize(tag)
         if reference in self.images_:
-            raise HardwareError(401, f"FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT: {reference}")
+            raise HardwareError(ResultCode.IMAGE_IMPORT_FAILURE,
+                                f"FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT: {reference}")
         self._charge(reference, max(1, archive.stat().st_size // 1_000_000))
         return reference
 
@@ -117,14 +119,15 @@ class SimulatedContainerRuntime:
         name = archive.name.split(".", 1)[0]
         reference = normalize(name.lower())
         if reference in self.images_:
-            raise HardwareError(401, f"FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT: {reference}")
+            raise HardwareError(ResultCode.IMAGE_IMPORT_FAILURE,
+                                f"FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT: {reference}")
         self._charge(reference, max(1, archive.stat().st_size // 1_000_000))
         return [reference]
 
     def image_pull(self, reference: str) -> str:
         reference = normalize(reference)
         if reference not in REGISTRY:
-            raise HardwareError(404, f"image {reference} not found in the registry")
+            raise HardwareError(ResultCode.FILE_NOT_FOUND, f"image {reference} not found in the registry")
         if reference not in self.images_:
             self._charge(reference, REGISTRY[reference])
         return reference
@@ -132,16 +135,17 @@ class SimulatedContainerRuntime:
     def image_remove(self, reference: str) -> None:
         reference = normalize(reference)
         if reference not in self.images_:
-            raise HardwareError(400, f"no such image: {reference}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"no such image: {reference}")
         users = [name for name, info in self.containers_.items() if info["image"] == reference]
         if users:
-            raise HardwareError(400, f"image {reference} is used by container {users[0]}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"image {reference} is used by container {users[0]}")
         del self.images_[reference]
 
     def _stack_images(self, project: str, directory: Path, file: str) -> dict[str, str]:
         compose = directory / file
         if not compose.is_file():
-            raise HardwareError(400, f"Unable to start docker-compose container: {file} not found in {project}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"Unable to start docker-compose container: {file} not found in {project}")
         return compose_images(compose)
 
     def compose_pull(self, project: str, directory: Path, file: str) -> list[str]:
@@ -149,7 +153,8 @@ class SimulatedContainerRuntime:
         try:
             pulled = [self.image_pull(image) for image in services.values()]
         except HardwareError as exc:
-            raise HardwareError(400, f"Unable to download docker-compose container: {exc}") from None
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"Unable to download docker-compose container: {exc}") from None
         self.stacks.setdefault(project, Stack(project, file, services))
         return pulled
 
@@ -160,7 +165,8 @@ class SimulatedContainerRuntime:
                 try:
                     self.image_pull(image)
                 except HardwareError as exc:
-                    raise HardwareError(400, f"Unable to start docker-compose container: {exc}") from None
+                    raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                        f"Unable to start docker-compose container: {exc}") from None
         stack = Stack(project, file, services, running=True)
         self.stacks[project] = stack
         started = []
@@ -173,7 +179,8 @@ class SimulatedContainerRuntime:
     def compose_down(self, project: str) -> None:
         stack = self.stacks.get(project)
         if stack is None or not stack.running:
-            raise HardwareError(400, f"Unable to stop docker-compose container: {project} is not up")
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"Unable to stop docker-compose container: {project} is not up")
         for name in [n for n, info in self.containers_.items() if info.get("project") == project]:
             del self.containers_[name]
         stack.running = False
@@ -185,7 +192,7 @@ class SimulatedContainerRuntime:
     def compose_remove(self, project: str) -> None:
         stack = self.stacks.get(project)
         if stack is None:
-            raise HardwareError(400, f"no docker-compose stack {project}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"no docker-compose stack {project}")
         if stack.running:
             self.compose_down(project)
         for image in set(stack.services.values()):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.hardware import FirmwareInfo, HardwareError, Resources
+from agent.wire import ResultCode
 from simulators.containers import SimulatedContainerRuntime
 from simulators.families import Family, Noise, _seed, family, initial_firmware, static_facts
 from simulators.packages import SimulatedPackageManager
@@ -67,7 +68,7 @@ class SimulatedHardware:
 
     def stage_firmware(self, image: Path, target: FirmwareInfo) -> None:
         if image.stat().st_size == 0:
-            raise HardwareError(400, f"firmware image {image.name} is empty")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"firmware image {image.name} is empty")
         self.staged = (target, image.name)
 
     def resources(self) -> Resources:

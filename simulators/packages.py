@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agent.hardware import SOTA_MODES, HardwareError
 from agent.hardware import SOURCE_FILE as _SOURCE_FILE
+from agent.wire import ResultCode
 
 
 def _bump(version: str) -> str:
@@ -47,11 +48,12 @@ class SimulatedPackageManager:
 
     def update(self, mode: str, packages: list[str] | None = None) -> list[str]:
         if mode not in SOTA_MODES:
-            raise HardwareError(400, f"SOTA mode must be one of {', '.join(SOTA_MODES)}, got {mode!r}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"SOTA mode must be one of {', '.join(SOTA_MODES)}, got {mode!r}")
         wanted = packages or sorted(self.available)
         unknown = [p for p in wanted if p not in self.available and p not in self.installed_]
         if unknown:
-            raise HardwareError(400, f"E: Unable to locate package {unknown[0]}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"E: Unable to locate package {unknown[0]}")
         changed: list[str] = []
         for name in wanted:
             if name not in self.available:
@@ -76,9 +78,9 @@ class SimulatedPackageManager:
 
     def install_mender(self, artifact: Path) -> str:
         if artifact.suffix != ".mender":
-            raise HardwareError(400, f"{artifact.name} is not a mender artifact (.mender)")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"{artifact.name} is not a mender artifact (.mender)")
         if artifact.stat().st_size == 0:
-            raise HardwareError(400, f"{artifact.name} is empty")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"{artifact.name} is empty")
         self.staged_rootfs = artifact.stem
         self.history.append(f"mender install {artifact.name}")
         return self.staged_rootfs
@@ -93,10 +95,10 @@ class SimulatedPackageManager:
 
     def add_source(self, filename: str, lines: list[str]) -> None:
         if not _SOURCE_FILE.match(filename):
-            raise HardwareError(400, f"invalid apt source file name {filename!r}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"invalid apt source file name {filename!r}")
         self.sources_[filename] = list(lines)
 
     def remove_source(self, filename: str) -> None:
         if filename not in self.sources_:
-            raise HardwareError(400, f"no apt source file {filename}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"no apt source file {filename}")
         del self.sources_[filename]

@@ -36,7 +36,7 @@ def corpus_files(group: str) -> list[Path]:
 def refused(xml: str | bytes, match: str | None = None) -> m.ManifestError:
     with pytest.raises(m.ManifestError) as info:
         m.parse_manifest(xml)
-    assert info.value.status == m.XML_FAILURE, (info.value.status, str(info.value))
+    assert info.value.status == m.ResultCode.XML_FAILURE, (info.value.status, str(info.value))
     if match is not None:
         assert match.lower() in str(info.value).lower(), str(info.value)
     return info.value

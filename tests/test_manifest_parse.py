@@ -52,8 +52,8 @@ def test_valid_corpus_manifests_are_accepted(path):
 def test_invalid_corpus_manifests_are_refused_with_300(path):
     conformance()
     error = refused(path.read_bytes())
-    assert error.result("job-1").status == 300
-    assert error.result().message.startswith("FAILED TO PARSE/VALIDATE MANIFEST: ")
+    assert m.Result.refused(error, "job-1").status == 300
+    assert m.Result.refused(error).message.startswith("FAILED TO PARSE/VALIDATE MANIFEST: ")
 
 
 def _cases() -> list[dict]:
@@ -285,7 +285,7 @@ def test_status_codes_and_messages_follow_the_user_guide():
 
 
 def test_result_round_trip():
-    result = m.Result.failure(m.INSTALL_FAILURE, "signature check failed", job_id="job-42")
+    result = m.Result.failure(m.ResultCode.INSTALL_FAILURE, "signature check failed", job_id="job-42")
     assert result.message == "FAILED TO INSTALL: signature check failed"
     assert json.loads(result.to_json()) == {"status": 400, "message": result.message, "job_id": "job-42"}
     assert m.Result.parse(result.to_json()) == result
@@ -294,7 +294,7 @@ def test_result_round_trip():
     assert m.Result.success().ok and m.Result(303, "OTA IN PROGRESS, TRY LATER").busy
     assert m.Result.parse('{"status": 200, "message": "COMMAND SUCCESS"}') == m.Result(200, "COMMAND SUCCESS", "")
     error = m.ManifestError("no <type>")
-    assert error.result("j1") == m.Result(300, "FAILED TO PARSE/VALIDATE MANIFEST: no <type>", "j1")
+    assert m.Result.refused(error, "j1") == m.Result(300, "FAILED TO PARSE/VALIDATE MANIFEST: no <type>", "j1")
     assert isinstance(error, WireError)
 
 

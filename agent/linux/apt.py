@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.hardware import SOTA_MODES, SOURCE_FILE, HardwareError
 from agent.linux import commands
 from agent.state import write_atomic
+from agent.wire import ResultCode
 
 _INST = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+)")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
@@ -34,7 +35,7 @@ class AptPackageManager:
 
     def _require_apt(self) -> None:
         if not (commands.which("apt-get") and commands.which("dpkg-query")):
-            raise HardwareError(400, NO_APT)
+            raise HardwareError(ResultCode.INSTALL_FAILURE, NO_APT)
 
     def installed(self) -> dict[str, str]:
         if not commands.which("dpkg-query"):
@@ -50,11 +51,12 @@ class AptPackageManager:
 
     def update(self, mode: str, packages: list[str] | None = None) -> list[str]:
         if mode not in SOTA_MODES:
-            raise HardwareError(400, f"SOTA mode must be one of {', '.join(SOTA_MODES)}, got {mode!r}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"SOTA mode must be one of {', '.join(SOTA_MODES)}, got {mode!r}")
         self._require_apt()
         for name in packages or []:
             if not _PACKAGE.match(name):
-                raise HardwareError(400, f"E: invalid package name {name[:60]!r}")
+                raise HardwareError(ResultCode.INSTALL_FAILURE, f"E: invalid package name {name[:60]!r}")
         if mode != "no-download" and not self.dry_run:
             commands.run(["apt-get", "update", "-q"], what="apt-get update", timeout=self.timeout, env=_APT_ENV)
         action = ["install", "--only-upgrade", *packages] if packages else ["upgrade"]
@@ -70,10 +72,10 @@ class AptPackageManager:
 
     def install_mender(self, artifact: Path) -> str:
         if artifact.suffix != ".mender":
-            raise HardwareError(400, f"{artifact.name} is not a mender artifact (.mender)")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"{artifact.name} is not a mender artifact (.mender)")
         tool = commands.which("mender-update") or commands.which("mender")
         if tool is None:
-            raise HardwareError(400, NO_MENDER)
+            raise HardwareError(ResultCode.INSTALL_FAILURE, NO_MENDER)
         commands.run([tool, "install", str(artifact)], what="mender install", timeout=self.timeout)
         return artifact.stem
 
@@ -83,7 +85,7 @@ class AptPackageManager:
         if filename == "sources.list":
             return self.root / "etc/apt/sources.list"
         if not SOURCE_FILE.match(filename):
-            raise HardwareError(400, f"invalid apt source file name {filename[:80]!r}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"invalid apt source file name {filename[:80]!r}")
         return self.root / "etc/apt/sources.list.d" / filename
 
     def sources(self) -> dict[str, list[str]]:
@@ -102,12 +104,12 @@ class AptPackageManager:
     def add_source(self, filename: str, lines: list[str]) -> None:
         path = self._source_path(filename)
         if any("\n" in line or "\r" in line for line in lines):
-            raise HardwareError(400, "an apt source line cannot contain a line break")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, "an apt source line cannot contain a line break")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, "".join(f"{line}\n" for line in lines), 0o644)
 
     def remove_source(self, filename: str) -> None:
         path = self._source_path(filename)
         if not path.is_file():
-            raise HardwareError(400, f"no apt source file {filename}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"no apt source file {filename}")
         path.unlink()

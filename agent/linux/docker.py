@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.hardware import HardwareError
 from agent.linux import commands
+from agent.wire import ResultCode
 
 NO_RUNTIME = "no container runtime on this device (docker is not installed)"
 NO_COMPOSE = "no docker compose on this device (neither 'docker compose' nor docker-compose works)"
@@ -39,7 +40,7 @@ class DockerRuntime:
 
     def _docker(self, *args: str, what: str, timeout: float | None = None) -> str:
         if not commands.which("docker"):
-            raise HardwareError(400, NO_RUNTIME)
+            raise HardwareError(ResultCode.INSTALL_FAILURE, NO_RUNTIME)
         return commands.run(["docker", *args], what=what, timeout=timeout or self.timeout)
 
     def _compose_cli(self) -> list[str]:
@@ -49,7 +50,8 @@ class DockerRuntime:
             elif commands.which("docker-compose"):
                 self._compose = ["docker-compose"]
             else:
-                raise HardwareError(400, NO_RUNTIME if not commands.which("docker") else NO_COMPOSE)
+                raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                    NO_RUNTIME if not commands.which("docker") else NO_COMPOSE)
         return self._compose
 
     def _compose_run(self, project: str, *args: str, what: str) -> str:
@@ -85,7 +87,7 @@ class DockerRuntime:
 
     def image_import(self, archive: Path, tag: str) -> str:
         if self._present(tag):
-            raise HardwareError(401, f"FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT: {tag}")
+            raise HardwareError(ResultCode.IMAGE_IMPORT_FAILURE, f"FAILED IMAGE IMPORT, IMAGE ALREADY PRESENT: {tag}")
         self._docker("import", str(archive), tag, what="AOTA import")
         return tag
 
@@ -106,7 +108,8 @@ class DockerRuntime:
     def compose_up(self, project: str, directory: Path, file: str) -> list[str]:
         compose = directory / file
         if not compose.is_file():
-            raise HardwareError(400, f"Unable to start docker-compose container: {file} not found in {project}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"Unable to start docker-compose container: {file} not found in {project}")
         self._compose_run(project, "-f", str(compose), "up", "-d", what="AOTA compose up")
         names = self._compose_run(project, "-f", str(compose), "ps", "--format", "{{.Name}}", what="compose ps")
         return [line.strip() for line in names.splitlines() if line.strip()]
@@ -114,7 +117,8 @@ class DockerRuntime:
     def compose_pull(self, project: str, directory: Path, file: str) -> list[str]:
         compose = directory / file
         if not compose.is_file():
-            raise HardwareError(400, f"Unable to download docker-compose container: {file} not found in {project}")
+            raise HardwareError(ResultCode.INSTALL_FAILURE,
+                                f"Unable to download docker-compose container: {file} not found in {project}")
         self._compose_run(project, "-f", str(compose), "pull", what="AOTA compose pull")
         images = self._compose_run(project, "-f", str(compose), "config", "--images", what="compose config")
         return [line.strip() for line in images.splitlines() if line.strip()]

@@ -18,6 +18,7 @@ from agent.linux.apt import AptPackageManager
 from agent.linux.docker import DockerRuntime
 from agent.linux.power import PowerControl
 from agent.linux.sysinfo import SysInfo
+from agent.wire import ResultCode
 
 NO_FIRMWARE_TOOL = "no firmware updater configured on this device (start the agent with --firmware-command)"
 
@@ -46,9 +47,9 @@ class LinuxHardware:
 
     def stage_firmware(self, image: Path, target: FirmwareInfo) -> None:
         if image.stat().st_size == 0:
-            raise HardwareError(400, f"firmware image {image.name} is empty")
+            raise HardwareError(ResultCode.INSTALL_FAILURE, f"firmware image {image.name} is empty")
         if not self.firmware_command:
-            raise HardwareError(400, NO_FIRMWARE_TOOL)
+            raise HardwareError(ResultCode.INSTALL_FAILURE, NO_FIRMWARE_TOOL)
         argv = [part.replace("{image}", str(image)).replace("{version}", target.version)
                 for part in self.firmware_command]
         commands.run(argv, what="FOTA", timeout=1800)

@@ -8,7 +8,7 @@ stored or sent:
   before reading (answered by Starlette, as text/plain), and counts a chunked body as it streams
   (answered with the error model, naming the limit). The default limit is
   `DEFAULT_MAX_BODY_BYTES` (the largest real body, a 100 000-serial provisioning request, is
-  about 1.5 MB); the package upload has its own, `repo.MAX_PACKAGE_BYTES`, and goes to disk as
+  about 1.5 MB); the package upload has its own, `wire.MAX_PACKAGE_BYTES`, and goes to disk as
   it arrives.
 - JSON: parsed by the wire contract's `loads_json`, the same parser the gateway uses for MQTT
   payloads: bounded depth, finite numbers. A 300-deep body used to be stored as a job and sent
@@ -48,7 +48,7 @@ from harness.platform import eol, fleet, pms, repo, telemetry, tracking
 from harness.platform.context import PlatformContext
 from harness.platform.jobs import MAX_TIMEOUT_S, JobEngine
 from harness.platform.models import AuditEvent
-from harness.platform.repo import MAX_PACKAGE_BYTES, PackageStore, check_name
+from harness.platform.repo import PackageStore, check_name
 
 #: Largest request body accepted by default (bytes); `PlatformConfig.max_body_bytes` changes it.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -395,7 +395,7 @@ def create_app(services: ApiServices) -> FastAPI:
         return telemetry.read_events(ctx, serial, limit)
 
     @app.put(
-        "/api/v1/repo/{name}", status_code=201, responses=_errors(400, 413), max_body_size=MAX_PACKAGE_BYTES,
+        "/api/v1/repo/{name}", status_code=201, responses=_errors(400, 413), max_body_size=wire.MAX_PACKAGE_BYTES,
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )

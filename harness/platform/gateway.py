@@ -208,7 +208,7 @@ class DeviceGateway:
         if item.kind != "register":
             return []
         return [(wire.topic(item.serial, wire.REGISTER_RESPONSE),
-                 wire.RegisterResponse(ok=False, error="platform error; retry later").to_bytes())]
+                 wire.RegisterResponse(ok=False, error=wire.REGISTER_RETRY_LATER).to_bytes())]
 
     def _apply(self, batch: list[_Item]) -> list[tuple[str, bytes]]:
         answers: list[tuple[str, bytes]] = []

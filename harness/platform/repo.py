@@ -20,10 +20,9 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 
-from agent.wire import shorten
+from agent.wire import MAX_PACKAGE_BYTES, shorten
 from harness.errors import NotFound, Refused
 
-MAX_PACKAGE_BYTES = 256 * 1024 * 1024
 #: A package name, unanchored (the REST API declares it in its schema); no ".." either.
 NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
 #: A full match (`\Z`, not `$`, which would let "pkg.bin\n" in).
