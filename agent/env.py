@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
+from agent.state import write_atomic
 from agent.wire import AUTH_MODES, AUTH_X509, WireError, check_serial
 
 REQUIRED_KEYS = ("SERIAL", "TENANT_ID", "BROKER_URL", "INIT_KEY", "CA_CERT")
@@ -215,3 +216,12 @@ def load_agent_env(path: str | Path) -> AgentEnv:
     except UnicodeDecodeError as exc:
         raise AgentEnvError(f"{path}: cannot read: not UTF-8 text (byte {exc.start})") from None
     return parse_agent_env(text, str(path))
+
+
+def write_agent_env(path: Path, text: str) -> None:
+    """Write an agent.env where an operator or a flash step puts it.
+
+    Mode 0600 from the first byte (the file holds a one-time init key), written under a temporary
+    name and renamed, so a crash leaves the old file or the new one, never half of one.
+    """
+    write_atomic(Path(path), text, 0o600, durable=False)

@@ -9,7 +9,8 @@ the import. The rules in words:
 * the platform takes from the agent only the wire contract and the agent.env format;
 * `harness/broker/` imports nothing of the platform: the platform hands it an authenticator;
 * `harness/client/` is the operator library: nothing of the server (platform, broker) nor its
-  third-party stack, so a script that drives a platform does not load one;
+  third-party stack, so a script that drives a platform does not load one; it writes the
+  agent.env files provisioning returns with the contract's own writer;
 * the REST API is built from a narrow services object: `api.py` never sees the process module;
 * only `cli/` and `pytest_plugin/` assemble parts (the platform process, simulated devices,
   the client) into something a user runs; nothing imports them.
@@ -42,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "harness.shared": set(),
     "harness.broker": {"harness.shared", "agent.contract"},
     "harness.platform": {"harness.shared", "harness.broker", "agent.contract"},
-    "harness.client": {"harness.shared"},
+    "harness.client": {"harness.shared", "agent.contract"},
     "harness.cli": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",
                     "simulators"},
     "harness.pytest_plugin": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",

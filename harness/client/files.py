@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.env import write_agent_env
 from harness.errors import Refused
 
 
@@ -24,11 +25,7 @@ def write_agent_envs(results: Iterable[Mapping[str, Any]], output_dir: Path) -> 
         folder = Path(output_dir) / r["serial"]
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "agent.env"
-        tmp = folder / ".agent.env.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(r["agent_env"])
-        os.replace(tmp, path)
+        write_agent_env(path, r["agent_env"])
         written.append(path)
     return written
 
