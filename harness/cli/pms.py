@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from harness.cli.output import confirm, emit_json, fail, table
+from harness.client.rest import PlatformUnreachable
 from harness.errors import Refused
 from harness.platform.pms import ProvisionResult, check_output_dir, write_agent_envs
 
@@ -79,16 +80,17 @@ def _read_serials(serials: list[str], serials_file: Path | None) -> list[str]:
     return collected
 
 
-def _print_results(results: list[dict], as_json: bool, report: dict) -> None:
+def _print_results(results: list[dict], as_json: bool, report: dict, done: str = "provisioned",
+                   would: str = "would provision") -> None:
     if as_json:
         emit_json({**report, "results": [{k: v for k, v in r.items() if k != "agent_env"} for r in results]})
         return
     refused = [r for r in results if not r["ok"]]
-    verb = "would provision" if report["dry_run"] else "provisioned"
+    verb = would if report["dry_run"] else done
     if len(results) <= 50 or refused:
         shown = results if len(results) <= 50 else refused
         table(None, ["serial", "result"], [(r["serial"], r["error"] if not r["ok"] else verb) for r in shown])
-    print(f"{verb} {report['provisioned']}, refused {report['refused']}")
+    print(f"{verb} {report[done]}, refused {report['refused']}")
 
 
 @provisioning_app.command("provision")
@@ -124,8 +126,15 @@ def provision(
     if not dry_run and not yes and sys.stdin.isatty() \
             and not confirm(f"Provision {len(wanted)} serial(s) for customer {customer}?", False):
         fail("provisioning cancelled")
-    report = client.provision(wanted, customer=customer, part=part, model=model, dry_run=dry_run,
-                              atomic=atomic, auth=auth, signature_cert=sig)
+    try:
+        report = client.provision(wanted, customer=customer, part=part, model=model, dry_run=dry_run,
+                                  atomic=atomic, auth=auth, signature_cert=sig)
+    except PlatformUnreachable as exc:
+        if dry_run:
+            raise
+        # The platform may have committed before it went away: those serials exist, their files do not.
+        fail(f"{exc}; serials it provisioned before the connection broke get their agent.env with "
+             f"'fleetrig pms provisioning reissue --serials-file FILE --output-dir {output_dir}'")
     results = report["results"]
     if not dry_run:
         write_agent_envs([ProvisionResult(**r) for r in results], output_dir)
@@ -149,18 +158,35 @@ def _check_output_dir_dry(output_dir: Path) -> None:
 @provisioning_app.command("reissue")
 def reissue(
     ctx: typer.Context,
-    serial: str,
-    output_dir: Path = typer.Option(..., "--output-dir"),
+    serials: list[str] = typer.Argument(None, help="Serial numbers of provisioned devices."),
+    serials_file: Path | None = typer.Option(None, "--serials-file", help="File with one serial per line."),
+    output_dir: Path = typer.Option(..., "--output-dir", help="agent.env files go to DIR/SERIAL/agent.env."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check only: no key changes, no files."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Write a new agent.env (new init key; the old key stops working) without re-provisioning."""
-    check_output_dir(output_dir)
-    result = ctx.obj.client().reissue(serial)
-    (path,) = write_agent_envs([ProvisionResult(**result)], output_dir)
-    if as_json:
-        emit_json({"serial": serial, "agent_env": str(path)})
+    """Write new agent.env files (new init keys; the old keys stop working) without re-provisioning.
+
+    This recovers files that never reached you, e.g. when the platform went down right after
+    it provisioned a batch: one call for the whole batch, one result per serial.
+    """
+    wanted = _read_serials(serials or [], serials_file)
+    if dry_run:
+        _check_output_dir_dry(output_dir)
     else:
-        print(f"reissued {serial}: {path} (the previous init key no longer works)")
+        check_output_dir(output_dir)
+    client = ctx.obj.client()
+    if not dry_run and not yes and sys.stdin.isatty() and not confirm(
+            f"Reissue {len(wanted)} serial(s)? Their current init keys stop working.", False):
+        fail("reissue cancelled")
+    report = client.reissue_many(wanted, dry_run=dry_run)
+    results = report["results"]
+    if not dry_run:
+        write_agent_envs([ProvisionResult(**r) for r in results], output_dir)
+    _print_results(results, as_json, report, done="reissued", would="would reissue")
+    if report["refused"]:
+        first = next(r for r in results if not r["ok"])
+        fail(f"{report['refused']} of {len(results)} serial(s) refused; {first['serial']}: {first['error']}")
 
 
 _DEVICE_COLUMNS = ["serial", "customer", "part", "model", "state", "firmware", "connectivity", "last seen"]

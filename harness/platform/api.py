@@ -49,6 +49,11 @@ class ProvisionIn(BaseModel):
     signature_cert: str | None = None
 
 
+class ReissueIn(BaseModel):
+    serials: list[str] = Field(min_length=1)
+    dry_run: bool = False
+
+
 class ClaimIn(BaseModel):
     serials: list[str] | None = None
     all: bool = False
@@ -133,6 +138,10 @@ def create_app(platform: Platform) -> FastAPI:
             dry_run=body.dry_run, atomic=body.atomic, auth=body.auth, signature_cert=body.signature_cert,
         )
         return report.as_dict()
+
+    @app.post("/api/v1/provisioning/reissue")
+    def reissue_many(body: ReissueIn, actor: str = Depends(operator)) -> dict[str, Any]:
+        return pms.reissue_many(ctx(), body.serials, actor=actor, dry_run=body.dry_run).as_dict()
 
     @app.post("/api/v1/devices/{serial}/reissue")
     def reissue(serial: str, actor: str = Depends(operator)) -> dict[str, Any]:

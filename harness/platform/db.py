@@ -86,17 +86,16 @@ def _cannot_open(url: str, exc: DBAPIError) -> Refused:
 class Registry:
     """The database: engine, sessions, and the schema."""
 
-    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str, *, revision: str = "head") -> None:
+        """Open the registry at `url`, its schema brought to `revision` first (tests build older ones)."""
         self.url = url
-        self.revision: str | None = None
-        if upgrade:
-            engine = _open_engine(url, migrating=True)
-            try:
-                _, self.revision = migrations.upgrade(engine, where=_where(url))
-            except DBAPIError as exc:
-                raise _cannot_open(url, exc) from None
-            finally:
-                engine.dispose()
+        engine = _open_engine(url, migrating=True)
+        try:
+            _, self.revision = migrations.upgrade(engine, revision, where=_where(url))
+        except DBAPIError as exc:
+            raise _cannot_open(url, exc) from None
+        finally:
+            engine.dispose()
         self.engine: Engine = _open_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
