@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from harness.platform import migrations
 from harness.platform.db import Registry, database_url
 from harness.platform.process import Platform, PlatformConfig, free_port
 from tests.registry_rows import fill_first_schema, schema_differences, start_and_check_upgrade
-
-FLEETRIG = [sys.executable, "-m", "harness.cli.main"]
+from tests.serve_process import FREE_PORTS, serve_refused
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -26,9 +24,7 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:
-    """`fleetrig serve ...` that is expected to refuse, so it ends by itself."""
-    return subprocess.run([*FLEETRIG, "serve", "--http-port", "0", "--mqtts-port", "0", "--repo-port", "0", *args],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return serve_refused(*FREE_PORTS, *args)
 
 
 def test_a_fresh_registry_is_built_by_the_revisions_and_equals_the_models(tmp_path):
