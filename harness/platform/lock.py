@@ -25,7 +25,10 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Take the lock, or refuse naming the pid of the platform that holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise Refused(f"data dir {self.path.parent}: cannot open {LOCK_FILE}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

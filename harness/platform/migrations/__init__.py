@@ -6,8 +6,10 @@ column. Every start therefore runs `upgrade` before anything else touches the re
 
 - an empty database gets every revision from the first one. A fresh data dir is built by the
   same code that upgrades an old one (not create_all + stamp), so the two cannot drift apart;
-  tests/test_migrations.py checks the result against models.py. It costs a few tens of
-  milliseconds once per data dir (bench/migrations.py measures it);
+  tests/test_migrations.py checks the result against models.py. It costs once per data dir
+  what create_all would cost and a little more: bench/migrations.py measured 71 ms for a fresh
+  SQLite registry, 14 ms for a start at head, 137 ms to upgrade a first-schema registry of
+  10,000 devices (2 shared cores);
 - a database at an older revision is upgraded in place, in one transaction (SQLite runs DDL in
   a transaction here as PostgreSQL does), so a kill mid-upgrade leaves the old revision whole;
 - a database from before the migrations existed (made by create_all, no alembic_version table)
