@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from agent.state import StateDir
 from tests.conftest import boot, connect_refused, mqtt_client, provision, tls_context, wait_for
+
+BOUND_S = 60  # no step of these tests waits longer: a device that does not stop fails the test
+
+
+async def bounded(step: Coroutine[Any, Any, None]) -> None:
+    await asyncio.wait_for(step, BOUND_S)
 
 
 async def test_decommissioning_offline_devices_revokes_their_credentials_at_once(fleetrig_platform, fleetrig_catalog,
@@ -19,7 +27,7 @@ async def test_decommissioning_offline_devices_revokes_their_credentials_at_once
     token = StateDir(tmp_path / "devices" / "DC-TOKEN").credentials()
     assert cert is not None and token is not None
     for serial in ("DC-X509", "DC-TOKEN"):
-        await fleet.power_off(serial)
+        await bounded(fleet.power_off(serial))
     await wait_for(lambda: not any(fleetrig_platform.platform.broker.is_connected(s) for s in ("DC-X509", "DC-TOKEN")))
 
     def with_certificate():
@@ -65,7 +73,7 @@ async def test_decommissioning_offline_devices_revokes_their_credentials_at_once
     # The device that was not decommissioned reconnects as ever.
     await wait_for(lambda: fleet.devices["DC-KEEP"].agent.connected and fleet.devices["DC-KEEP"].agent.connects >= 2,
                    timeout=60)
-    await fleet.stop()
+    await bounded(fleet.stop())
 
 
 async def test_a_decommission_the_device_never_answers_revokes_its_identity_at_the_deadline(
@@ -74,7 +82,7 @@ async def test_a_decommission_the_device_never_answers_revokes_its_identity_at_t
     envs = await asyncio.to_thread(provision, fleetrig_platform, fleetrig_catalog, ["DC-MUTE"], auth="token")
     fleet = await boot(envs, tmp_path / "devices")
     token = StateDir(tmp_path / "devices" / "DC-MUTE").credentials().token
-    await fleet.stop()
+    await bounded(fleet.stop())
 
     def as_device():
         return mqtt_client(envs["DC-MUTE"], client_id="DC-MUTE", username="DC-MUTE", password="token:" + token)
