@@ -1,4 +1,5 @@
-"""The registry in PostgreSQL (`--db postgresql://...`): a throwaway cluster on a free port.
+"""The registry in PostgreSQL (`--db postgresql://...`): a throwaway cluster on a free port, with
+a restart, and an upgrade in place of a registry of the first schema.
 
 Skipped, with the reason, where the PostgreSQL server binaries or psycopg are missing.
 """
@@ -18,8 +19,10 @@ import pytest
 
 from agent.env import parse_agent_env
 from harness.client import Client
+from harness.platform.db import database_url
 from harness.platform.process import PlatformConfig, PlatformThread, free_port
 from tests.conftest import boot
+from tests.registry_rows import fill_first_schema, start_and_check_upgrade
 
 
 def _pg_bin(name: str) -> str | None:
@@ -90,3 +93,10 @@ async def test_registry_in_postgresql_survives_a_restart(postgres_url, tmp_path)
     finally:
         client.close()
         await asyncio.to_thread(thread.stop)
+
+
+async def test_first_schema_registry_in_postgresql_is_upgraded_in_place(postgres_url, tmp_path):
+    old = fill_first_schema(database_url(tmp_path, postgres_url))
+    config = PlatformConfig(data_dir=tmp_path / "platform", db_url=postgres_url, http_port=0, mqtts_port=0,
+                            repo_port=0)
+    await start_and_check_upgrade(config, old, tmp_path / "devices")

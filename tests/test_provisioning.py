@@ -1,18 +1,21 @@
-"""Provisioning: bulk, dry run, refusals, reissue."""
+"""Provisioning: bulk, dry run, refusals, reissue (one device, and a whole lost batch)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import stat
+import subprocess
 
 import pytest
 
 from agent.env import parse_agent_env
+from harness.client.files import check_output_dir, write_agent_envs
 from harness.errors import Refused
-from harness.platform import pms
 from harness.platform.identities import digest
-from harness.platform.pms import ProvisionResult, write_agent_envs
 from tests.conftest import boot, connect_refused, mqtt_client, provision, table_dump
+from tests.serve_process import FLEETRIG
 
 
 def test_bulk_provisioning_of_1000_serials_in_one_request(fleetrig_platform, fleetrig_catalog, tmp_path):
@@ -20,7 +23,7 @@ def test_bulk_provisioning_of_1000_serials_in_one_request(fleetrig_platform, fle
     report = fleetrig_platform.client.provision(serials, customer="ACME", part="evk")
     assert report["provisioned"] == 1000 and report["refused"] == 0
     assert [r["serial"] for r in report["results"]] == serials
-    written = write_agent_envs([ProvisionResult(**r) for r in report["results"]], tmp_path / "out")
+    written = write_agent_envs(report["results"], tmp_path / "out")
     assert len(written) == 1000
     keys = set()
     for path in written:
@@ -79,7 +82,8 @@ def test_refusals_name_the_culprit(fleetrig_platform, fleetrig_catalog):
     provision(fleetrig_platform, fleetrig_catalog, ["DUP-001"])
     report = client.provision(["DUP-001", "OK-001", "bad serial!", "OK-002", "OK-002"], customer="ACME", part="evk")
     errors = {r["serial"]: r["error"] for r in report["results"] if not r["ok"]}
-    assert errors["DUP-001"] == "serial DUP-001 is already provisioned"
+    assert errors["DUP-001"] == ("serial DUP-001 is already provisioned; if its agent.env was lost, get a new one "
+                                 "with 'fleetrig pms provisioning reissue DUP-001'")
     assert "malformed serial 'bad serial!'" in errors["bad serial!"]
     assert errors["OK-002"] == "serial OK-002 appears twice in the request"
     assert report["provisioned"] == 2  # OK-001 and the first OK-002 still went through
@@ -103,10 +107,10 @@ def test_unwritable_output_dir_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     try:
         with pytest.raises(Refused, match=r"is not a directory|not writable|cannot create"):
-            pms.check_output_dir(tmp_path / "file")
+            check_output_dir(tmp_path / "file")
         if not _running_as_root():
             with pytest.raises(Refused, match=r"not writable|cannot create"):
-                pms.check_output_dir(locked / "sub")
+                check_output_dir(locked / "sub")
     finally:
         locked.chmod(0o700)
 
@@ -145,3 +149,91 @@ async def test_reissue_kills_the_old_key(fleetrig_platform, fleetrig_catalog, tm
     await fleet.stop()
     with pytest.raises(Refused, match="unknown serial 'NOPE-1'"):
         await asyncio.to_thread(fleetrig_platform.client.reissue, "NOPE-1")
+
+
+async def test_a_batch_whose_files_were_lost_is_recovered_by_one_bulk_reissue(fleetrig_platform, fleetrig_catalog,
+                                                                              tmp_path):
+    """A kill right after the provisioning commit: 500 rows, no agent.env file anywhere."""
+    serials = [f"LOST-{i:04d}" for i in range(500)]
+    lost = await asyncio.to_thread(provision, fleetrig_platform, fleetrig_catalog, serials)  # never written
+    retry = await asyncio.to_thread(fleetrig_platform.client.provision, serials, customer="ACME", part="evk")
+    assert retry["refused"] == 500
+    assert all(r["error"].endswith(f"get a new one with 'fleetrig pms provisioning reissue {r['serial']}'")
+               for r in retry["results"])
+
+    serials_file = tmp_path / "serials.txt"
+    serials_file.write_text("# the lost batch\n" + "\n".join(serials) + "\n")
+    out = tmp_path / "out"
+    done = await asyncio.to_thread(run_cli, fleetrig_platform, "pms", "provisioning", "reissue", "--serials-file",
+                                   str(serials_file), "--output-dir", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["reissued"] == 500 and report["refused"] == 0
+    assert [r["serial"] for r in report["results"]] == serials
+    files = sorted(out.glob("*/agent.env"))
+    assert len(files) == 500 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    envs = {f.parent.name: parse_agent_env(f.read_text()) for f in files}
+    assert {e.init_key for e in envs.values()}.isdisjoint(e.init_key for e in lost.values())
+    assert len({e.init_key for e in envs.values()}) == 500
+    audit = await asyncio.to_thread(fleetrig_platform.client.audit, None, 1000)
+    assert sum(e["action"] == "device.reissue" for e in audit) == 500
+
+    # The lost keys are dead; the new files boot devices over the real broker.
+    old = lost[serials[0]]
+    refused = await connect_refused(
+        mqtt_client(old, client_id=old.serial, username=old.serial, password="init:" + old.init_key))
+    assert "authori" in refused.lower()
+    chosen = serials[::125]
+    fleet = await boot({s: envs[s] for s in chosen}, tmp_path / "devices")
+    states = {d["serial"]: d["state"] for d in await asyncio.to_thread(fleetrig_platform.client.devices)}
+    assert [states[s] for s in chosen] == ["registered"] * len(chosen)
+    assert sum(state == "provisioned" for state in states.values()) == 500 - len(chosen)
+    await fleet.stop()
+
+
+def test_bulk_reissue_refuses_per_serial_and_a_dry_run_changes_nothing(fleetrig_platform, fleetrig_catalog, tmp_path):
+    provision(fleetrig_platform, fleetrig_catalog, ["RB-001", "RB-002"])
+    client = fleetrig_platform.client
+    before = table_dump(fleetrig_platform)
+    dry = client.reissue_many(["RB-001", "RB-002"], dry_run=True)
+    assert dry["dry_run"] and dry["reissued"] == 2 and all(r["agent_env"] == "" for r in dry["results"])
+    assert table_dump(fleetrig_platform) == before
+
+    client.dispose("RB-002", "broken", confirm=True)
+    report = client.reissue_many(["RB-001", "NOPE-9", "RB-001", "bad serial!", "RB-002"])
+    assert [(r["serial"], r["ok"]) for r in report["results"]] == [
+        ("RB-001", True), ("NOPE-9", False), ("RB-001", False), ("bad serial!", False), ("RB-002", False)]
+    errors = [r["error"] for r in report["results"]]
+    assert errors[1] == "unknown serial 'NOPE-9': provision it first"
+    assert errors[2] == "serial RB-001 appears twice in the request"
+    assert "malformed serial" in errors[3]
+    assert errors[4] == "serial RB-002 was disposed; end of life is permanent"
+    assert report["reissued"] == 1 and parse_agent_env(report["results"][0]["agent_env"]).serial == "RB-001"
+
+    out = tmp_path / "out"
+    done = run_cli(fleetrig_platform, "pms", "provisioning", "reissue", "RB-001", "NOPE-9", "--output-dir", str(out))
+    assert done.returncode == 1
+    assert done.stderr == ("fleetrig: error: 1 of 2 serial(s) refused; NOPE-9: unknown serial 'NOPE-9': "
+                           "provision it first\n")
+    assert [p.parent.name for p in out.glob("*/agent.env")] == ["RB-001"]  # the good one is written
+    with pytest.raises(Refused, match="serials: List should have at least 1 item"):
+        client.reissue_many([])
+
+
+def test_provisioning_that_loses_the_platform_says_how_to_recover(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    done = subprocess.run(
+        [*FLEETRIG, "--api", f"http://127.0.0.1:{port}", "--token", "t", "pms", "provisioning", "provision", "X-1",
+         "--customer", "ACME", "--part", "evk", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot reach the platform at http://127.0.0.1:{port}" in done.stderr
+    assert f"'fleetrig pms provisioning reissue --serials-file FILE --output-dir {tmp_path / 'out'}'" in done.stderr
+
+
+def run_cli(platform, *args: str) -> subprocess.CompletedProcess:
+    """The fleetrig CLI against the test's platform."""
+    return subprocess.run([*FLEETRIG, "--api", platform.platform.api_url, "--token", platform.platform.token, *args],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)

@@ -10,6 +10,7 @@ from harness.cli.choices import AuthMode, DeviceState
 from harness.cli.options import DRY_RUN, JSON, YES, group
 from harness.cli.output import approve, emit_json, fail, table
 from harness.client.files import check_output_dir, write_agent_envs
+from harness.client.rest import PlatformUnreachable
 
 app = group("PMS: customers, parts, models, provisioning, devices.")
 customer_app = group("Customers (each with a tenant id).")
@@ -84,16 +85,17 @@ def _read_serials(serials: list[str], serials_file: Path | None) -> list[str]:
     return collected
 
 
-def _print_results(results: list[dict], as_json: bool, report: dict) -> None:
+def _print_results(results: list[dict], as_json: bool, report: dict, done: str = "provisioned",
+                   would: str = "would provision") -> None:
     if as_json:
         emit_json({**report, "results": [{k: v for k, v in r.items() if k != "agent_env"} for r in results]})
         return
     refused = [r for r in results if not r["ok"]]
-    verb = "would provision" if report["dry_run"] else "provisioned"
+    verb = would if report["dry_run"] else done
     if len(results) <= 50 or refused:
         shown = results if len(results) <= 50 else refused
         table(None, ["serial", "result"], [(r["serial"], r["error"] if not r["ok"] else verb) for r in shown])
-    print(f"{verb} {report['provisioned']}, refused {report['refused']}")
+    print(f"{verb} {report[done]}, refused {report['refused']}")
 
 
 def _only_part(client) -> str:  # type: ignore[no-untyped-def]
@@ -140,8 +142,15 @@ def provision(
     if not dry_run:
         approve(f"provision {len(wanted)} serial(s) for customer {customer}", yes, required=False)
         check_output_dir(output_dir)
-    report = client.provision(wanted, customer=customer, part=part, model=model, dry_run=dry_run,
-                              atomic=atomic, auth=auth, signature_cert=sig)
+    try:
+        report = client.provision(wanted, customer=customer, part=part, model=model, dry_run=dry_run,
+                                  atomic=atomic, auth=auth, signature_cert=sig)
+    except PlatformUnreachable as exc:
+        if dry_run:
+            raise
+        # The platform may have committed before it went away: those serials exist, their files do not.
+        fail(f"{exc}; serials it provisioned before the connection broke get their agent.env with "
+             f"'fleetrig pms provisioning reissue --serials-file FILE --output-dir {output_dir} --yes'")
     results = report["results"]
     if not dry_run:
         write_agent_envs(results, output_dir)
@@ -154,31 +163,32 @@ def provision(
 @provisioning_app.command("reissue")
 def reissue(
     ctx: typer.Context,
-    serial: str = typer.Argument(..., help="The provisioned device's serial."),
-    output_dir: Path = typer.Option(..., "--output-dir", help="The new agent.env goes to DIR/SERIAL/agent.env."),
+    serials: list[str] = typer.Argument(None, help="Serial numbers of provisioned devices."),
+    serials_file: Path | None = typer.Option(None, "--serials-file", help="File with one serial per line."),
+    output_dir: Path = typer.Option(..., "--output-dir", help="agent.env files go to DIR/SERIAL/agent.env."),
     dry_run: bool = DRY_RUN,
     yes: bool = YES,
     as_json: bool = JSON,
 ) -> None:
-    """Write a new agent.env (new init key; the old key stops working) without re-provisioning."""
-    check_output_dir(output_dir, create=False)
+    """Write new agent.env files (new init keys; the old keys stop working) without re-provisioning.
+
+    This recovers files that never reached you, e.g. when the platform went down right after
+    it provisioned a batch: one call for the whole batch, one result per serial.
+    """
+    wanted = _read_serials(serials or [], serials_file)
+    check_output_dir(output_dir, create=False)  # refused before anything is asked or made
     client = ctx.obj.client()
-    if dry_run:
-        device = client.device(serial)
-        path = output_dir / serial / "agent.env"
-        if as_json:
-            emit_json({"serial": serial, "agent_env": str(path), "dry_run": True, "state": device["state"]})
-        else:
-            print(f"would reissue {serial} ({device['state']}): {path}; its current init key would stop working")
-        return
-    approve(f"reissue {serial}", yes, warning="its current init key stops working")
-    check_output_dir(output_dir)
-    result = client.reissue(serial)
-    (path,) = write_agent_envs([result], output_dir)
-    if as_json:
-        emit_json({"serial": serial, "agent_env": str(path)})
-    else:
-        print(f"reissued {serial}: {path} (the previous init key no longer works)")
+    if not dry_run:
+        approve(f"reissue {len(wanted)} serial(s)", yes, warning="their current init keys stop working")
+        check_output_dir(output_dir)
+    report = client.reissue_many(wanted, dry_run=dry_run)
+    results = report["results"]
+    if not dry_run:
+        write_agent_envs(results, output_dir)
+    _print_results(results, as_json, report, done="reissued", would="would reissue")
+    if report["refused"]:
+        first = next(r for r in results if not r["ok"])
+        fail(f"{report['refused']} of {len(results)} serial(s) refused; {first['serial']}: {first['error']}")
 
 
 _DEVICE_COLUMNS = ["serial", "customer", "part", "model", "state", "firmware", "connectivity", "last seen"]

@@ -30,6 +30,13 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+class PlatformUnreachable(Refused):
+    """No answer from the platform: it is down, or it went down before answering."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=503)
+
+
 class Client:
     def __init__(self, api_url: str, token: str, *, actor: str | None = None, timeout: float = 120) -> None:
         self.api_url = api_url.rstrip("/")
@@ -82,7 +89,7 @@ class Client:
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
         except httpx.HTTPError as exc:
-            raise Refused(f"cannot reach the platform at {self.api_url}: {exc}") from None
+            raise PlatformUnreachable(f"cannot reach the platform at {self.api_url}: {exc}") from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail")
@@ -116,6 +123,10 @@ class Client:
 
     def reissue(self, serial: str) -> dict[str, Any]:
         return self._call("POST", f"/devices/{serial}/reissue")
+
+    def reissue_many(self, serials: list[str], *, dry_run: bool = False) -> dict[str, Any]:
+        """New agent.env files for many provisioned devices; one result per serial, as provision."""
+        return self._call("POST", "/provisioning/reissue", json={"serials": serials, "dry_run": dry_run})
 
     def devices(self, state: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
         params = {k: v for k, v in {"state": state, "customer": customer}.items() if v}

@@ -230,6 +230,11 @@ class ProvisionIn(BaseModel):
     signature_cert: str | None = Field(default=None, max_length=64 * 1024)
 
 
+class ReissueIn(BaseModel):
+    serials: Serials
+    dry_run: bool = False
+
+
 class ClaimIn(BaseModel):
     serials: Serials | None = None
     all: bool = False
@@ -327,6 +332,10 @@ def create_app(services: ApiServices) -> FastAPI:
             dry_run=body.dry_run, atomic=body.atomic, auth=body.auth, signature_cert=body.signature_cert,
         )
         return report.as_dict()
+
+    @app.post("/api/v1/provisioning/reissue", responses=_errors(400, 413))
+    def reissue_many(body: ReissueIn, actor: str = Depends(operator)) -> dict[str, Any]:
+        return pms.reissue_many(ctx, body.serials, actor=actor, dry_run=body.dry_run).as_dict()
 
     @app.post("/api/v1/devices/{serial}/reissue", responses=_errors(400, 404))
     def reissue(serial: SerialPath, actor: str = Depends(operator)) -> dict[str, Any]:

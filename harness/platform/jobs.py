@@ -5,6 +5,14 @@ one RPC per target, paced so a batch of thousands stays under the broker's capac
 target failed at once when its device is offline. Each device's answer closes its target; a
 sweeper closes every target whose deadline passed with a failed result that says so, so no job
 ever hangs on a silent device.
+
+A decommission revokes the device's platform identity (credentials, init keys, broker session)
+when the device confirms it wiped itself, and also when it cannot: offline when the command
+would go out, or silent until the deadline. The operator asked for the device to be gone, and a
+device that is off (stolen, broken) must not keep working credentials until it comes back. Its
+target is then recorded as failed, saying that the identity is revoked and the device itself
+was not wiped. A device that answers with a refusal keeps its identity: it is reachable, and
+the operator can try again.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from harness.platform.models import (
     Customer,
     Device,
     DeviceEventRecord,
+    InitKey,
     Job,
     JobTarget,
     utcnow,
@@ -47,6 +56,9 @@ STATUS_TIMEOUT = 408
 STATUS_OFFLINE = 503
 MAX_TIMEOUT_S = 24 * 3600
 DEFAULT_TIMEOUT_S = {"triggerfota": 900.0, "triggersota": 900.0, "triggeraota": 600.0, "triggerota": 900.0}
+
+DECOMMISSION = "decommission_device"
+_NOT_WIPED = "; its credentials are revoked, so it cannot connect again (the device itself was not wiped)"
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 
@@ -207,6 +219,7 @@ class JobEngine:
         """
         now = utcnow()
         out: list[tuple[str, bytes]] = []
+        cut_off: list[str] = []
         with self.ctx.registry.session() as s:
             job = s.get(Job, job_id)
             if job is None:
@@ -215,12 +228,14 @@ class JobEngine:
                              .limit(self.send_batch)).all()
             for target in rows:
                 if not self.is_connected(target.serial):
-                    self._close(s, target, STATUS_OFFLINE, "device is offline: command not sent", None, now)
+                    cut_off += self._close_undelivered(s, target, STATUS_OFFLINE, "device is offline: command not sent",
+                                                       now)
                     continue
                 target.state, target.sent_at = SENT, now
                 target.deadline = now + dt.timedelta(seconds=job.timeout_s)
                 request = wire.RpcRequest(target.request_id, job.method, job.params or {}, job.id, job.timeout_s)
                 out.append((wire.rpc_request_topic(target.serial, target.request_id), request.to_bytes()))
+        self._cut_off(cut_off)
         return out, len(rows) == self.send_batch
 
     async def _sweeper(self) -> None:
@@ -233,12 +248,36 @@ class JobEngine:
 
     def _expire(self) -> int:
         now = utcnow()
+        cut_off: list[str] = []
         with self.ctx.registry.session() as s:
             rows = s.scalars(select(JobTarget).where(JobTarget.state == SENT, JobTarget.deadline < now)).all()
             for target in rows:
-                self._close(s, target, STATUS_TIMEOUT,
-                            f"timed out: no answer from the device within {target.job.timeout_s:.0f}s", None, now)
-            return len(rows)
+                cut_off += self._close_undelivered(
+                    s, target, STATUS_TIMEOUT,
+                    f"timed out: no answer from the device within {target.job.timeout_s:.0f}s", now)
+        self._cut_off(cut_off)
+        return len(rows)
+
+    def _close_undelivered(self, s: Session, target: JobTarget, status: int, message: str,
+                           now: dt.datetime) -> list[str]:
+        """Close a target the device never answered; a decommission revokes the identity all the same.
+
+        Returns the serials to cut off once the transaction commits.
+        """
+        if target.job.method != DECOMMISSION:
+            self._close(s, target, status, message, None, now)
+            return []
+        self._close(s, target, status, message + _NOT_WIPED, None, now)
+        device = s.scalar(select(Device).where(Device.serial == target.serial))
+        if device is None or device.state == DECOMMISSIONED:
+            return []
+        return [self._decommission(s, device, now, actor=target.job.actor, wiped=False)]
+
+    def _cut_off(self, serials: list[str]) -> None:
+        """After the commit: the broker forgets the identities and drops their sessions."""
+        for serial in serials:
+            self.ctx.identities.remove(serial)
+            self.ctx.drop_session(serial)
 
     # -- results (called by the device gateway inside its batch transaction) --------------------------
 
@@ -252,8 +291,8 @@ class JobEngine:
             return []  # a late answer after a timeout, or a duplicate
         self._close(s, target, result.status, result.message, result.data, now)
         said = isinstance(result.data, dict) and result.data.get("action") == "decommission"
-        if result.status == 200 and (target.job.method == "decommission_device" or said):
-            return [self._decommission(s, device, now)]
+        if result.status == 200 and (target.job.method == DECOMMISSION or said):
+            return [self._decommission(s, device, now, actor=f"device:{device.serial}", wiped=True)]
         return []
 
     def _close(self, s: Session, target: JobTarget, status: int, message: str, data: Any, now: dt.datetime) -> None:
@@ -266,9 +305,12 @@ class JobEngine:
                                     message=f"{target.job.method}: {status} {message}"[:wire.MAX_MESSAGE_CHARS],
                                     detail={"job_id": target.job_id}))
 
-    def _decommission(self, s: Session, device: Device, now: dt.datetime) -> str:
+    def _decommission(self, s: Session, device: Device, now: dt.datetime, *, actor: str, wiped: bool) -> str:
+        """Revoke every credential and init key of the device; return its serial to cut off."""
         for cred in s.scalars(select(Credential).where(Credential.device_id == device.id)):
             cred.revoked_at = cred.revoked_at or now
+        for key in s.scalars(select(InitKey).where(InitKey.device_id == device.id)):
+            key.revoked_at = key.revoked_at or now
         device.state = DECOMMISSIONED
-        audit.record(s, f"device:{device.serial}", "device.decommission", device.serial)
+        audit.record(s, actor, "device.decommission", device.serial, wiped=wiped)
         return device.serial

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 PROVISIONED = "provisioned"
@@ -194,7 +194,7 @@ class Job(Base):
     actor: Mapped[str] = mapped_column(String(128))
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any] | None]
-    timeout_s: Mapped[float]
+    timeout_s: Mapped[float] = mapped_column(Double)
     targets: Mapped[list[JobTarget]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                                     order_by="JobTarget.id")
 

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from agent import wire
 from agent.env import AgentEnv
-from harness.client import files
 from harness.errors import Conflict, NotFound, Refused
 from harness.platform import audit
 from harness.platform.context import PlatformContext
 from harness.platform.identities import Identity, digest
 from harness.platform.models import (
+    DECOMMISSIONED,
     Customer,
     Device,
     DeviceModel,
@@ -218,31 +218,17 @@ def provision(
             raise NotFound(f"unknown part {part!r}; add it with 'fleetrig pms part add {part}'")
         model_row = _resolve_model(s, part_row, model)
 
+        found, disposed = _known(s, serials)
         results: list[ProvisionResult] = []
-        seen: set[str] = set()
-        wellformed = [x for x in serials if isinstance(x, str) and wire.SERIAL_PATTERN.fullmatch(x)]
-        existing = set()
-        disposed = set()
-        for chunk_start in range(0, len(wellformed), 5000):
-            chunk = wellformed[chunk_start:chunk_start + 5000]
-            existing.update(s.scalars(select(Device.serial).where(Device.serial.in_(chunk))))
-            disposed.update(s.scalars(select(DisposalEvent.serial).where(DisposalEvent.serial.in_(chunk))))
-        for serial in serials:
-            try:
-                wire.check_serial(serial)
-            except wire.WireError as exc:
-                # The result names the serial, cut: a refusal never echoes a huge value whole.
-                results.append(ProvisionResult(str(serial)[:80], False, str(exc)))
-                continue
-            if serial in seen:
-                results.append(ProvisionResult(serial, False, f"serial {serial} appears twice in the request"))
-                continue
-            seen.add(serial)
-            if serial in existing:
-                results.append(ProvisionResult(serial, False, f"serial {serial} is already provisioned"))
+        for serial, error in _screen(serials):
+            if error:
+                results.append(ProvisionResult(serial, False, error))
+            elif serial in found:
+                results.append(ProvisionResult(serial, False, (
+                    f"serial {serial} is already provisioned; if its agent.env was lost, get a new one with "
+                    f"'fleetrig pms provisioning reissue {serial}'")))
             elif serial in disposed:
-                results.append(ProvisionResult(
-                    serial, False, f"serial {serial} was disposed; end of life is permanent"))
+                results.append(ProvisionResult(serial, False, _disposed(serial)))
             else:
                 results.append(ProvisionResult(serial, True))
         report = ProvisionReport(dry_run=dry_run, results=results)
@@ -292,31 +278,99 @@ def render_agent_env(
     ).render()
 
 
-def reissue(ctx: PlatformContext, serial: str, actor: str) -> ProvisionResult:
-    """A new agent.env for a provisioned device: new init key, every older key dead at once."""
-    key = new_init_key()
+def _known(s: Session, serials: list[str]) -> tuple[dict[str, Device], set[str]]:
+    """The devices among `serials` (with their keys and customer), and the serials disposed before."""
+    wellformed = list({x for x in serials if isinstance(x, str) and wire.SERIAL_PATTERN.fullmatch(x)})
+    devices: dict[str, Device] = {}
+    disposed: set[str] = set()
+    for start in range(0, len(wellformed), 5000):  # bound the IN list: SQLite's variable limit
+        chunk = wellformed[start:start + 5000]
+        query = (select(Device).where(Device.serial.in_(chunk))
+                 .options(selectinload(Device.init_keys), selectinload(Device.customer)))
+        devices.update((d.serial, d) for d in s.scalars(query))
+        disposed.update(s.scalars(select(DisposalEvent.serial).where(DisposalEvent.serial.in_(chunk))))
+    return devices, disposed
+
+
+def _disposed(serial: str) -> str:
+    return f"serial {serial} was disposed; end of life is permanent"
+
+
+def _screen(serials: list[str]) -> Iterator[tuple[str, str]]:
+    """Each serial of a bulk request with what is wrong with it alone ("" when nothing)."""
+    seen: set[str] = set()
+    for serial in serials:
+        try:
+            wire.check_serial(serial)
+        except wire.WireError as exc:
+            yield str(serial), str(exc)
+            continue
+        if serial in seen:
+            yield serial, f"serial {serial} appears twice in the request"
+            continue
+        seen.add(serial)
+        yield serial, ""
+
+
+@dataclass
+class ReissueReport(ProvisionReport):
+    def as_dict(self) -> dict[str, Any]:
+        report = super().as_dict()
+        report["reissued"] = report.pop("provisioned")
+        return report
+
+
+def reissue_many(ctx: PlatformContext, serials: list[str], *, actor: str, dry_run: bool = False) -> ReissueReport:
+    """New agent.env files for provisioned devices, in one transaction; one result per serial.
+
+    Each device gets a new init key and every older key of it dies at once. This is how files
+    that never reached the operator are recovered (a kill between the provisioning commit and
+    the answer): provisioning them again is refused, as they exist. Refused per serial: a
+    malformed or repeated serial, an unknown one, one disposed or decommissioned.
+    """
+    if not serials:
+        raise Refused("no serials given")
+    if len(serials) > MAX_BULK:
+        raise Refused(f"{len(serials)} serials in one request; the limit is {MAX_BULK}")
+    issued: list[tuple[ProvisionResult, str, str, str, str | None]] = []
     with ctx.registry.session() as s:
-        device = s.scalar(select(Device).where(Device.serial == serial))
-        if device is None:
-            raise NotFound(f"unknown serial {serial!r}: provision it first")
+        found, disposed = _known(s, serials)
+        results: list[ProvisionResult] = []
+        for serial, error in _screen(serials):
+            device = found.get(serial)
+            if not error and device is None:
+                error = _disposed(serial) if serial in disposed else f"unknown serial {serial!r}: provision it first"
+            elif not error and device is not None and device.state == DECOMMISSIONED:
+                error = f"device {serial} was decommissioned: its identity is revoked for good"
+            results.append(ProvisionResult(serial, not error, error))
+        report = ReissueReport(dry_run=dry_run, results=results)
+        if dry_run:
+            return report
         now = utcnow()
-        for old in device.init_keys:
-            if old.used_at is None and old.revoked_at is None:
-                old.revoked_at = now
-        s.add(InitKey(device_id=device.id, key_hash=digest(key)))
-        audit.record(s, actor, "device.reissue", serial)
-        tenant_id, auth, sig = device.customer.tenant_id, device.auth_mode, device.signature_cert
-    ctx.identities.update(serial, init_key_hash=digest(key))
-    ctx.drop_session(serial, only_role=wire.ROLE_REGISTRATION)
-    return ProvisionResult(serial, True, agent_env=render_agent_env(ctx, serial, tenant_id, key, auth, sig))
+        for r in results:
+            if not r.ok:
+                continue
+            device = found[r.serial]
+            for old in device.init_keys:
+                if old.used_at is None and old.revoked_at is None:
+                    old.revoked_at = now
+            key = new_init_key()
+            s.add(InitKey(device_id=device.id, key_hash=digest(key)))
+            audit.record(s, actor, "device.reissue", r.serial)
+            issued.append((r, key, device.customer.tenant_id, device.auth_mode, device.signature_cert))
+    for r, key, tenant_id, auth, sig in issued:
+        ctx.identities.update(r.serial, init_key_hash=digest(key))
+        ctx.drop_session(r.serial, only_role=wire.ROLE_REGISTRATION)
+        r.agent_env = render_agent_env(ctx, r.serial, tenant_id, key, auth, sig)
+    return report
 
 
-def write_agent_envs(results: list[ProvisionResult], output_dir: Path) -> list[Path]:
-    """Write OUTPUT_DIR/SERIAL/agent.env (mode 0600) for every accepted result (harness.client.files)."""
-    return files.write_agent_envs([r.as_dict() for r in results], output_dir)
-
-
-check_output_dir = files.check_output_dir
+def reissue(ctx: PlatformContext, serial: str, actor: str) -> ProvisionResult:
+    """A new agent.env for one provisioned device (see `reissue_many`)."""
+    (result,) = reissue_many(ctx, [serial], actor=actor).results
+    if not result.ok:
+        raise (NotFound if result.error.startswith("unknown serial") else Refused)(result.error)
+    return result
 
 
 # -- devices ------------------------------------------------------------------------------------
