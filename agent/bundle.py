@@ -41,15 +41,25 @@ def _skip(parts: tuple[str, ...]) -> bool:
     return ".." in parts or "__pycache__" in parts or parts[-1].endswith((".pyc", ".pyo"))
 
 
-def _copy_distribution(name: str, staging: Path) -> str:
+def _distribution(name: str) -> importlib.metadata.Distribution:
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         raise BundleError(f"{name} is not installed here: run pip install fleetrig") from None
-    files = dist.files
-    if not files:
+    if not dist.files:
         raise BundleError(f"{name} {dist.version} lists no files (no RECORD): reinstall it with pip")
-    for file in files:
+    return dist
+
+
+def contents() -> dict[str, str]:
+    """What a bundle built here would carry, {distribution: version}, without building it."""
+    return {name: _distribution(name).version for name in BUNDLED}
+
+
+def _copy_distribution(name: str, staging: Path) -> str:
+    dist = _distribution(name)
+    files = dist.files
+    for file in files or ():
         if _skip(file.parts):
             continue
         source = Path(str(dist.locate_file(file)))

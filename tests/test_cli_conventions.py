@@ -184,6 +184,7 @@ def _dry_runs(work: Path, url: str) -> dict[tuple[str, ...], list[list[str]]]:
         ("decommission",): [["DRY-001", "DRY-002"]],
         ("query",): [["DRY-001", "--option", "hw"]],
         ("repo", "add"): [[str(work / "pkg.bin")], [str(work / "new.bin")]],
+        ("agent", "bundle"): [["--out", str(work / "agent.pyz")]],
     }
 
 

@@ -165,7 +165,7 @@ async def test_a_batch_whose_files_were_lost_is_recovered_by_one_bulk_reissue(fl
     serials_file.write_text("# the lost batch\n" + "\n".join(serials) + "\n")
     out = tmp_path / "out"
     done = await asyncio.to_thread(run_cli, fleetrig_platform, "pms", "provisioning", "reissue", "--serials-file",
-                                   str(serials_file), "--output-dir", str(out), "--json")
+                                   str(serials_file), "--output-dir", str(out), "--json", "--yes")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["reissued"] == 500 and report["refused"] == 0
@@ -211,7 +211,8 @@ def test_bulk_reissue_refuses_per_serial_and_a_dry_run_changes_nothing(fleetrig_
     assert report["reissued"] == 1 and parse_agent_env(report["results"][0]["agent_env"]).serial == "RB-001"
 
     out = tmp_path / "out"
-    done = run_cli(fleetrig_platform, "pms", "provisioning", "reissue", "RB-001", "NOPE-9", "--output-dir", str(out))
+    done = run_cli(fleetrig_platform, "pms", "provisioning", "reissue", "RB-001", "NOPE-9", "--output-dir", str(out),
+                   "--yes")
     assert done.returncode == 1
     assert done.stderr == ("fleetrig: error: 1 of 2 serial(s) refused; NOPE-9: unknown serial 'NOPE-9': "
                            "provision it first\n")
@@ -230,7 +231,8 @@ def test_provisioning_that_loses_the_platform_says_how_to_recover(tmp_path):
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert f"cannot reach the platform at http://127.0.0.1:{port}" in done.stderr
-    assert f"'fleetrig pms provisioning reissue --serials-file FILE --output-dir {tmp_path / 'out'}'" in done.stderr
+    hint = f"'fleetrig pms provisioning reissue --serials-file FILE --output-dir {tmp_path / 'out'} --yes'"
+    assert hint in done.stderr
 
 
 def run_cli(platform, *args: str) -> subprocess.CompletedProcess:
