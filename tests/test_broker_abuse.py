@@ -487,7 +487,8 @@ async def test_device_logs_in_only_with_its_provisioned_credential_kind(fleetrig
 def test_amqtt_compat_refuses_another_amqtt_version():
     from harness.broker.amqtt_compat import AMQTT_VERSION
 
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = project["dependencies"] + project["optional-dependencies"]["platform"]
     assert f"amqtt=={AMQTT_VERSION}" in pins
     code = ("import importlib.metadata as m; real = m.version; "
             "m.version = lambda name: '0.13.0' if name == 'amqtt' else real(name); "

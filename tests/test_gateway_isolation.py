@@ -56,8 +56,9 @@ class Scene:
 
 
 async def _scene(platform, catalog, tmp_path) -> Scene:
+    # Token devices: the raw clients below log in with the token, the one credential kind they have.
     envs = await asyncio.to_thread(provision, platform, catalog,
-                                   [POISONER, *TELEMETRY_VICTIMS, *JOB_VICTIMS, *NEWCOMERS])
+                                   [POISONER, *TELEMETRY_VICTIMS, *JOB_VICTIMS, *NEWCOMERS], auth=wire.AUTH_TOKEN)
     live = {s: envs[s] for s in (POISONER, *TELEMETRY_VICTIMS, *JOB_VICTIMS)}
     fleet = await boot(live, tmp_path / "devices")
     tokens = {}
@@ -205,3 +206,23 @@ def test_refusals_name_the_field():
             assert field in str(exc) and len(str(exc)) < 300, str(exc)
         else:
             raise AssertionError(f"accepted {json.dumps(str(payload[:80]))}")
+
+
+async def test_registration_for_another_credential_kind_is_refused(fleetrig_platform, fleetrig_catalog):
+    """A device provisioned for certificates cannot register itself as a token device (or back)."""
+    envs = await asyncio.to_thread(provision, fleetrig_platform, fleetrig_catalog, ["RK-001"])
+    env = envs["RK-001"]
+    async with mqtt_client(env, client_id="RK-001", username="RK-001", password="init:" + env.init_key) as client:
+        await client.subscribe(wire.topic("RK-001", wire.REGISTER_RESPONSE), qos=1)
+        _key, csr = new_key_and_csr("RK-001")
+        await client.publish(wire.topic("RK-001", wire.REGISTER_REQUEST),
+                             wire.RegisterRequest(csr, wire.AUTH_TOKEN).to_bytes(), qos=1)
+        refused = await asyncio.wait_for(_answer(client), 30)
+        assert not refused.ok and refused.error == "the device was provisioned for x509 authentication, not token"
+        await client.publish(wire.topic("RK-001", wire.REGISTER_REQUEST),
+                             wire.RegisterRequest(csr, wire.AUTH_X509).to_bytes(), qos=1)
+        accepted = await asyncio.wait_for(_answer(client), 30)
+    assert accepted.ok and accepted.certificate_pem
+    with fleetrig_platform.ctx.registry.session() as s:
+        assert s.scalar(select(Device.auth_mode).where(Device.serial == "RK-001")) == "x509"
+

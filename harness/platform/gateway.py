@@ -295,6 +295,11 @@ class DeviceGateway:
                 raise Refused("the init key does not belong to this device")
             if key.revoked_at is not None:
                 raise Refused("the init key was replaced by a reissue")
+            if item.request.auth != device.auth_mode:
+                # One credential kind per device, the one it was provisioned with: a device cannot
+                # pick another at registration (the broker accepts only the provisioned kind).
+                raise Refused(f"the device was provisioned for {device.auth_mode} authentication, "
+                              f"not {item.request.auth}")
             identity = self.ctx.identities.get(device.serial)
             if key.used_at is not None and (identity is None or identity.init_key_hash != key.key_hash):
                 # Spent: the device has connected with the credential this key got it. Until
@@ -316,7 +321,6 @@ class DeviceGateway:
             token_hash=digest(token), not_after=cert.not_after,
         )
         key.used_at = key.used_at or now
-        device.auth_mode = item.request.auth
         if device.state == PROVISIONED:
             device.state = REGISTERED
         device.registered_at = now
