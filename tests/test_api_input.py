@@ -222,3 +222,18 @@ def test_docs_are_served_offline(fleetrig_platform):
     for asset in assets:
         response = httpx.get(api + asset)
         assert response.status_code == 200 and len(response.content) > 1000, asset
+
+
+def test_device_list_filters_refuse_what_matches_nothing_by_mistake(fleetrig_platform, fleetrig_catalog):
+    """An unknown state or customer is a typo, not an empty fleet: refused, naming the choices."""
+    client = fleetrig_platform.client
+    client.provision(["FL-0001"], customer=fleetrig_catalog.customer, part=fleetrig_catalog.part)
+    assert [d["serial"] for d in client.devices(state="provisioned", customer=fleetrig_catalog.customer)] \
+        == ["FL-0001"]
+    with pytest.raises(Refused) as bogus:
+        client.devices(state="bogus")
+    assert bogus.value.status == 422 and "state" in str(bogus.value)
+    with pytest.raises(Refused) as nobody:
+        client.devices(customer="NOBODY")
+    assert nobody.value.status == 404
+    assert str(nobody.value) == "unknown customer 'NOBODY'; see 'fleetrig pms customer list'"

@@ -8,7 +8,7 @@ import sys
 import tomllib
 
 from tests.agent_helpers import ROOT
-from tests.test_architecture import AGENT_ALLOWED
+from tests.test_architecture import AGENT_THIRD_PARTY
 
 #: Import name -> distribution name, for the agent's third-party imports.
 DISTRIBUTION_OF = {"aiomqtt": "aiomqtt", "paho": "paho-mqtt", "cryptography": "cryptography",
@@ -21,7 +21,7 @@ def _name(requirement: str) -> str:
 
 
 def test_base_dependencies_are_exactly_what_the_agent_imports():
-    assert {_name(r) for r in PROJECT["dependencies"]} == {DISTRIBUTION_OF[m] for m in AGENT_ALLOWED - {"agent"}}
+    assert {_name(r) for r in PROJECT["dependencies"]} == {DISTRIBUTION_OF[m] for m in AGENT_THIRD_PARTY}
 
 
 def test_everything_else_is_an_extra_and_the_pins_are_exact():

@@ -47,7 +47,7 @@ from harness.errors import Refused
 from harness.platform import eol, fleet, pms, repo, telemetry, tracking
 from harness.platform.context import PlatformContext
 from harness.platform.jobs import MAX_TIMEOUT_S, JobEngine
-from harness.platform.models import AuditEvent
+from harness.platform.models import DEVICE_STATES, AuditEvent
 from harness.platform.repo import PackageStore, check_name
 
 #: Largest request body accepted by default (bytes); `PlatformConfig.max_body_bytes` changes it.
@@ -199,6 +199,7 @@ Tenant = Annotated[str, Field(min_length=1, max_length=NAME_CHARS, json_schema_e
 AuthMode = Literal[wire.AUTH_MODES]  # type: ignore[valid-type]
 RpcMethod = Literal[wire.RPC_METHODS]  # type: ignore[valid-type]
 CveState = Literal[tracking.CVE_STATES]  # type: ignore[valid-type]
+DeviceState = Literal[DEVICE_STATES]  # type: ignore[valid-type]
 Serials = Annotated[list[str], Field(min_length=1, max_length=pms.MAX_BULK)]
 
 
@@ -341,9 +342,9 @@ def create_app(services: ApiServices) -> FastAPI:
     def reissue(serial: SerialPath, actor: str = Depends(operator)) -> dict[str, Any]:
         return pms.reissue(ctx, serial, actor).as_dict()
 
-    @app.get("/api/v1/devices", responses=_errors())
+    @app.get("/api/v1/devices", responses=_errors(404))
     def devices(
-        state: str | None = Query(default=None, max_length=32),
+        state: DeviceState | None = Query(default=None),
         customer: str | None = Query(default=None, max_length=NAME_CHARS),
         _: str = Depends(operator),
     ) -> list[dict[str, Any]]:

@@ -183,6 +183,8 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 TARGET_STATES = (PENDING, SENT, SUCCEEDED, FAILED)
 DECOMMISSIONED = "decommissioned"
+#: The states a device can be listed by (a disposed device is gone from the registry).
+DEVICE_STATES = (PROVISIONED, REGISTERED, CLAIMED, DECOMMISSIONED)
 
 
 class Job(Base):

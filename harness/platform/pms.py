@@ -25,6 +25,7 @@ from harness.platform.context import PlatformContext
 from harness.platform.identities import Identity, digest
 from harness.platform.models import (
     DECOMMISSIONED,
+    DEVICE_STATES,
     Customer,
     Device,
     DeviceModel,
@@ -397,11 +398,16 @@ def device_view(device: Device) -> dict[str, Any]:
 def list_devices(
     ctx: PlatformContext, *, state: str | None = None, customer: str | None = None
 ) -> list[dict[str, Any]]:
+    if state and state not in DEVICE_STATES:
+        raise Refused(f"unknown device state {wire.shorten(state)}; one of {', '.join(DEVICE_STATES)}")
     with ctx.registry.session() as s:
         query = select(Device).order_by(Device.serial)
         if state:
             query = query.where(Device.state == state)
         if customer:
+            # A filter that names nobody is a typo, not an empty fleet.
+            if s.scalar(select(Customer.id).where(Customer.name == customer)) is None:
+                raise NotFound(f"unknown customer {wire.shorten(customer)}; see 'fleetrig pms customer list'")
             query = query.join(Customer).where(Customer.name == customer)
         return [device_view(d) for d in s.scalars(query)]
 
