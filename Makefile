@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench fuzz clean
+.PHONY: demo test lint bench fuzz clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fleetrig demo
 
-test: $(STAMP)
+# Debian packages the tests use: PostgreSQL (the registry on PostgreSQL, its migrations) and
+# python3-cryptography (the agent bundle on Debian's own python3). Installed when missing and
+# root has apt-get; otherwise the tests that need them skip, naming what is missing.
+SYSTEM_PACKAGES := postgresql python3-cryptography
+
+sysdeps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$$missing >/dev/null) || echo "apt-get could not install $$missing: the tests that need it skip"; \
+	else echo "not installed: $$missing (not root, or no apt-get): the tests that need it skip"; fi
+
+test: $(STAMP) sysdeps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
