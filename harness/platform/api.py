@@ -420,7 +420,7 @@ def create_app(services: ApiServices) -> FastAPI:
         info = await asyncio.to_thread(services.store.info, name)
         return {**info, "url": services.repo_url + info["name"]}
 
-    @app.get("/api/v1/repo/{name}", responses=_errors(404))
+    @app.get("/api/v1/repo/{name}", responses=_errors(400, 404))
     def show_package(name: Annotated[str, PathParam(max_length=128, json_schema_extra=_rule(repo.NAME_RULE))],
                      _: str = Depends(operator)) -> dict[str, Any]:
         path = services.store.path(name)
