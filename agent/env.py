@@ -19,13 +19,13 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from agent.state import write_atomic
-from agent.wire import AUTH_MODES, AUTH_X509, WireError, check_serial
+from agent.wire import AUTH_MODES, AUTH_X509, TENANT_RULE, WireError, check_serial
 
 REQUIRED_KEYS = ("SERIAL", "TENANT_ID", "BROKER_URL", "INIT_KEY", "CA_CERT")
 OPTIONAL_KEYS = ("AUTH", "SIGNATURE_CERT", "REPO_URL")
 _KEY_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
 _INIT_KEY = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_TENANT = re.compile(TENANT_RULE + r"\Z")
 MAX_FILE_BYTES = 64 * 1024
 
 
@@ -147,7 +147,7 @@ def parse_agent_env(text: str, source: str = "agent.env") -> AgentEnv:
         serial = check_serial(values["SERIAL"])
     except WireError as exc:
         raise AgentEnvError(f"{source}: SERIAL: {exc}") from None
-    if not _TENANT.match(values["TENANT_ID"]):
+    if not _TENANT.fullmatch(values["TENANT_ID"]):
         raise AgentEnvError(f"{source}: TENANT_ID {values['TENANT_ID']!r} is malformed")
     url = _url("BROKER_URL", values["BROKER_URL"], source)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:

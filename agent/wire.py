@@ -54,6 +54,10 @@ INT64_MAX = 2**63 - 1
 #: datetime can represent; anything else is a device clock or a payload gone wrong.
 MAX_TIMESTAMP = 253_402_300_799
 
+#: A customer's tenant id, as provisioning accepts it and agent.env carries it (unanchored: the REST
+#: schema declares it as is; every check adds `\Z` and full-matches).
+TENANT_RULE = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+
 #: Full-match patterns: `\Z`, not `$`, which also matches before a final newline.
 SERIAL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,63}\Z")
 _RPC_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")

@@ -39,7 +39,7 @@ MAX_BULK = 100_000
 #: The rules for names and tenant ids, unanchored: the REST API declares them in its schema
 #: (anchored there as ^...$, which in JSON Schema and pydantic match at the very end only).
 NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}"
-TENANT_RULE = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+TENANT_RULE = wire.TENANT_RULE
 # Full matches (`\Z`): in Python `$` also matches before a final newline and let "ACME\n" in.
 _NAME = re.compile(NAME_RULE + r"\Z")
 _TENANT = re.compile(TENANT_RULE + r"\Z")
