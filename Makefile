@@ -19,7 +19,8 @@ demo: $(STAMP)
 # Debian packages the tests use: PostgreSQL (the registry on PostgreSQL, its migrations) and
 # python3-cryptography (the agent bundle on Debian's own python3). Installed when missing and
 # root has apt-get; otherwise the tests that need them skip, naming what is missing.
-SYSTEM_PACKAGES := postgresql python3-cryptography
+# ser2net, uuu and e2tools: the lab's consoles over rfc2217, uuu -dry on flash scripts, ext images.
+SYSTEM_PACKAGES := postgresql python3-cryptography ser2net uuu e2tools
 
 sysdeps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

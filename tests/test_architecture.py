@@ -49,6 +49,8 @@ ALLOWED: dict[str, set[str]] = {
     "harness.pytest_plugin": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",
                               "simulators"},
     "simulators": {"agent"},
+    "harness.drivers": {"harness.shared"},
+    "harness.lab": {"harness.shared", "harness.drivers", "agent"},
 }
 
 
