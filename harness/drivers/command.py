@@ -8,6 +8,7 @@ tool must not hang a test run, so every command has a timeout.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,9 +22,15 @@ class CommandError(Exception):
     """An external command was missing, failed or timed out; the message names it."""
 
 
+#: How many of a failing command's last lines an error message carries.
+TAIL_LINES = 3
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
-    """The last `limit` characters of `text`, on one line, marked when cut."""
-    flat = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    """The last lines of `text` (terminal colours dropped), on one line, at most `limit` characters."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    flat = " | ".join(lines[-TAIL_LINES:])
     return flat if len(flat) <= limit else "..." + flat[-limit:]
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.drivers.command import CommandError, run
+from harness.drivers.command import CommandError, run, tail
 
 SECTOR = 512
 EXT_MAGIC = 0xEF53
@@ -184,7 +184,7 @@ def place_file(image: Path, data: bytes, path: str, *, partition: int | None = N
         back = None
     if back != data:
         raise FlashError(f"{image}: writing {path} into the file system at byte {offset} did not take: "
-                         f"{said.strip()[-300:] or 'debugfs said nothing'}")
+                         f"{tail(said) or 'debugfs said nothing'}")
 
 
 def _replace(target: Path, fill: Callable[[str], None]) -> None:
@@ -232,21 +232,23 @@ class ImageFlash:
         return self.target
 
 
-def _uuu_path(path: Path) -> str:
-    text = str(path.resolve())
+def _uuu_path(path: Path, relative_to: Path | None = None) -> str:
+    text = str(path.resolve()) if relative_to is None else os.path.relpath(path.resolve(), relative_to.resolve())
     if any(c.isspace() for c in text):
         raise FlashError(f"{text[:80]!r}: uuu scripts split on spaces; move it to a path without any")
     return text
 
 
-def uuu_script(bootloader: Path, image: Path) -> str:
-    """A uuu script that boots `bootloader` over USB and writes `image` to eMMC (uuu's emmc_all shape).
+def uuu_script(bootloader: Path, image: Path, folder: Path) -> str:
+    """A uuu script, to be saved in `folder`, that boots `bootloader` over USB and writes `image`
+    to eMMC (the shape of uuu's built-in emmc_all script).
 
     uuu runs the lines of the protocols the board speaks and skips the others: SDP for
     i.MX6/7/8MM/8MQ, SDPS for i.MX8QXP/QM, SDPV when an SPL loads U-Boot. `${emmc_dev}` is
-    U-Boot's variable, expanded on the board.
+    U-Boot's variable, expanded on the board. uuu opens a script's files from the script's own
+    folder, even a path that starts with '/' (uuu 1.4.193), so the paths are relative to it.
     """
-    boot, img = _uuu_path(bootloader), _uuu_path(image)
+    boot, img = _uuu_path(bootloader, folder), _uuu_path(image, folder)
     return "\n".join([
         f"uuu_version {UUU_SCRIPT_VERSION}",
         f"# written by fleetrig: {Path(img).name} to eMMC",
@@ -289,7 +291,7 @@ class UuuFlash:
             return ["-b", _uuu_path(self.script), _uuu_path(prepared)]
         assert self.bootloader is not None
         script = self.workdir / "flash.uuu"
-        script.write_text(uuu_script(self.bootloader, prepared))
+        script.write_text(uuu_script(self.bootloader, prepared, script.parent))
         return [_uuu_path(script)]
 
     def check(self, agent_env: Path, image: Path | None = None) -> list[str]:
@@ -301,7 +303,8 @@ class UuuFlash:
     def flash(self, agent_env: Path, image: Path | None = None) -> None:
         """Check, then flash for real (the board must be in USB serial download mode)."""
         args = self.check(agent_env, image)
-        run(["uuu", *args], timeout=self.timeout, what=f"{self.device}: uuu", error=FlashError)
+        run(["uuu", *args], timeout=self.timeout, error=FlashError,
+            what=f"{self.device}: uuu (is the board on USB and in serial download mode?)")
 
 
 class SimFlash:

@@ -103,7 +103,11 @@ class ManualPower:
                 "'external' power driver in lab.yaml")
         self._out.write(f"\n>>> {self.device}: {what}, then press Enter: ")
         self._out.flush()
-        if not self._in.readline():
+        try:
+            answered = bool(self._in.readline())
+        except OSError:         # the terminal went away (a pty's other end closed)
+            answered = False
+        if not answered:
             raise PowerError(f"{self.device}: the terminal closed before the operator confirmed: {what}")
 
     def on(self) -> None:
