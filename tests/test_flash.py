@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.drivers.flash import FlashError, ImageFlash, SimFlash, UuuFlash, find_root_fs, partitions, uuu_script
+from harness.drivers.flash import (
+    FlashError,
+    ImageFlash,
+    SimFlash,
+    UuuFlash,
+    find_root_fs,
+    flash_from_spec,
+    partitions,
+    uuu_script,
+)
+from harness.lab.inventory import parse_lab
 
 pytestmark = pytest.mark.skipif(not (shutil.which("mkfs.ext4") and shutil.which("debugfs")),
                                 reason="e2fsprogs (mkfs.ext4, debugfs) not installed: `make sysdeps` as root")
@@ -249,3 +259,17 @@ def test_sim_flash_puts_agent_env_in_the_state_folder(tmp_path):
     assert [p.name for p in state.iterdir()] == ["agent.env"]      # no temporary file left
     with pytest.raises(FlashError, match=r"absent.env: no such agent.env"):
         SimFlash("sim-1", state).flash(tmp_path / "absent.env")
+
+
+def test_flash_from_a_lab_entry_writes_the_named_target(tmp_path):
+    source = bare_image(tmp_path)
+    lab = parse_lab(f"devices:\n  q: {{kind: qemu, board: imx6ul, flash: {{driver: image, image: {source}, "
+                    "target: disks/q.img}}\n  s: {kind: sim, family: photon, flash: {driver: sim}}\n",
+                    tmp_path / "lab.yaml")
+    spec = lab.device("q").flash
+    assert spec is not None
+    flash_from_spec("q", spec, workdir=tmp_path / "work").flash(agent_env(tmp_path))
+    assert debugfs_cat(tmp_path / "disks" / "q.img", 0, ENV_PATH) == ENV_TEXT
+    sim = lab.device("s").flash
+    assert sim is not None
+    assert isinstance(flash_from_spec("s", sim, workdir=tmp_path / "s"), SimFlash)

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from harness.drivers.command import CommandError, run, tail
 
@@ -318,3 +318,34 @@ class SimFlash:
         target = self.state_dir / "agent.env"
         _replace(target, lambda tmp: Path(tmp).write_bytes(data))
         return target
+
+
+class Flash(Protocol):
+    def flash(self, agent_env: Path, image: Path | None = None) -> object: ...
+
+
+class FlashFields(Protocol):
+    """What a flash driver is built from: harness.lab's FlashSpec has these fields."""
+
+    driver: str
+    image: Path | None
+    bootloader: Path | None
+    script: Path | None
+    target: Path | None
+    partition: int | None
+    env_path: str
+    timeout: float
+
+
+def flash_from_spec(device: str, spec: FlashFields, *, workdir: Path) -> Flash:
+    """The flash driver a lab entry names; `workdir` holds uuu's prepared image, or a sim's state."""
+    if spec.driver == "image":
+        if spec.target is None:
+            raise FlashError(f"{device}: flash driver 'image' needs a 'target' (the disk image file to write)")
+        return ImageFlash(device, spec.target, image=spec.image, partition=spec.partition, env_path=spec.env_path)
+    if spec.driver == "uuu":
+        return UuuFlash(device, workdir, bootloader=spec.bootloader, script=spec.script, image=spec.image,
+                        partition=spec.partition, env_path=spec.env_path, timeout=spec.timeout)
+    if spec.driver == "sim":
+        return SimFlash(device, workdir)
+    raise FlashError(f"{device}: unknown flash driver {spec.driver!r} (known: image, uuu, sim)")

@@ -143,13 +143,14 @@ def _show(value: Any) -> str:
 class _Reader:
     """Typed reads from one mapping, each fault reported with the file and the key path."""
 
-    def __init__(self, source: str, path: str, mapping: Any, known: tuple[str, ...]) -> None:
+    def __init__(self, source: str, path: str, mapping: Any, known: tuple[str, ...] | None) -> None:
+        """`known` None takes any key: for reading the key that decides which keys are known."""
         self.source, self.path = source, path
         if not isinstance(mapping, dict):
             self.fail(f"must be a mapping, got {_show(mapping)}")
-        unknown = [str(k) for k in mapping if k not in known]
+        unknown = [str(k) for k in mapping if known is not None and k not in known]
         if unknown:
-            self.fail(f"unknown key {unknown[0]!r} (known: {', '.join(known)})")
+            self.fail(f"unknown key {unknown[0]!r} (known: {', '.join(known or ())})")
         self.mapping: dict[str, Any] = mapping
 
     def fail(self, what: str, key: str | None = None) -> None:
@@ -158,6 +159,11 @@ class _Reader:
 
     def child(self, key: str, known: tuple[str, ...]) -> _Reader:
         return _Reader(self.source, f"{self.path}.{key}", self.mapping[key], known)
+
+    def need(self, key: str, *, choices: tuple[str, ...] = ()) -> str:
+        value = self.text(key, required=True, choices=choices)
+        assert value is not None
+        return value
 
     def text(self, key: str, *, required: bool = False, choices: tuple[str, ...] = ()) -> str | None:
         value = self.mapping.get(key)
@@ -187,39 +193,31 @@ class _Reader:
 
 def _console(dev: _Reader) -> ConsoleSpec:
     r = dev.child("console", CONSOLE_KEYS)
-    url = r.text("url", required=True)
-    assert url is not None
-    return ConsoleSpec(url=url, baudrate=r.positive("baudrate", 115200, integer=True))
+    return ConsoleSpec(url=r.need("url"), baudrate=r.positive("baudrate", 115200, integer=True))
 
 
 def _login(dev: _Reader) -> LoginSpec:
     r = dev.child("login", LOGIN_KEYS)
-    user = r.text("user", required=True)
+    user = r.need("user")
     password = r.mapping.get("password")
     if not isinstance(password, str):   # an empty password is a real (bad) bench setting
         r.fail("missing or not a string (write password: \"\" for none)", "password")
-    assert user is not None and isinstance(password, str)
+    assert isinstance(password, str)
     return LoginSpec(user=user, password=password, prompt=r.text("prompt"))
 
 
 def _power(dev: _Reader) -> PowerSpec:
-    raw = dev.mapping["power"]
-    driver = _Reader(dev.source, f"{dev.path}.power", raw, tuple(raw) if isinstance(raw, dict) else ()) \
-        .text("driver", required=True, choices=POWER_DRIVERS)
-    assert driver is not None
+    driver = _Reader(dev.source, f"{dev.path}.power", dev.mapping["power"], None).need("driver", choices=POWER_DRIVERS)
     r = dev.child("power", POWER_KEYS[driver])
     if driver != "external":
         return PowerSpec(driver=driver)
-    return PowerSpec(driver=driver, on=r.text("on", required=True), off=r.text("off", required=True),
+    return PowerSpec(driver=driver, on=r.need("on"), off=r.need("off"),
                      cycle=r.text("cycle"), delay=r.positive("delay", 2.0, integer=False),
                      timeout=r.positive("timeout", 30.0, integer=False))
 
 
 def _flash(dev: _Reader, base: Path) -> FlashSpec:
-    raw = dev.mapping["flash"]
-    driver = _Reader(dev.source, f"{dev.path}.flash", raw, tuple(raw) if isinstance(raw, dict) else ()) \
-        .text("driver", required=True, choices=FLASH_DRIVERS)
-    assert driver is not None
+    driver = _Reader(dev.source, f"{dev.path}.flash", dev.mapping["flash"], None).need("driver", choices=FLASH_DRIVERS)
     r = dev.child("flash", FLASH_KEYS[driver])
     env_path = r.text("env_path") or str(DEFAULT_ENV_FILE)
     if not env_path.startswith("/"):
@@ -246,9 +244,7 @@ def _device(source: str, base: Path, name: Any, raw: Any) -> DeviceSpec:
     if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
         raise LabError(f"{source}: devices: device name {_show(name)} must be 1-63 letters, digits, '.', '_' or "
                        "'-', starting with a letter or digit")
-    kind = _Reader(source, path, raw, tuple(raw) if isinstance(raw, dict) else ()).text(
-        "kind", required=True, choices=KINDS)
-    assert kind is not None
+    kind = _Reader(source, path, raw, None).need("kind", choices=KINDS)
     dev = _Reader(source, path, raw, DEVICE_KEYS[kind])
     board = dev.text("board", required=kind == "qemu")
     family = dev.text("family", choices=FAMILIES) or (_family_of_qemu_board(board) if board else None)
