@@ -21,6 +21,7 @@ from harness.drivers.flash import (
     find_root_fs,
     flash_from_spec,
     partitions,
+    read_file,
     uuu_script,
 )
 from harness.lab.inventory import parse_lab
@@ -107,6 +108,8 @@ def test_a_bare_ext4_image_is_copied_with_agent_env_inside(tmp_path):
     assert debugfs_cat(target, 0, ENV_PATH) == ENV_TEXT
     assert debugfs_cat(target, 0, "/etc/version") == b"fleetrig-os 1.0\n"     # the rest is intact
     assert debugfs_cat(source, 0, ENV_PATH) == b""                            # the source is untouched
+    with pytest.raises(FlashError, match=r"os.img: no /etc/fleetrig/agent.env in its file system: .*not found"):
+        read_file(source, 0, ENV_PATH)
     stat = subprocess.run(["debugfs", "-R", f"stat {ENV_PATH}", str(target)], capture_output=True, text=True).stdout
     assert "Mode:  0600" in stat and "User:     0" in stat
 

@@ -154,14 +154,21 @@ def _debugfs(spec: str, *, write: bool, commands: list[str]) -> str:
     return done.stderr
 
 
+def _fs_spec(image: Path, offset: int) -> str:
+    """debugfs' name for the file system at `offset` bytes into `image` (its unix I/O manager's option)."""
+    if "?" in str(image):
+        raise FlashError(f"{image}: debugfs reads '?' in a file name as the start of its options; rename it")
+    return f"{image}?offset={offset}"
+
+
 def read_file(image: Path, offset: int, path: str) -> bytes:
     """The bytes of `path` in the ext file system at `offset` of `image` (FlashError when absent)."""
-    spec = f"{image}?offset={offset}"
+    spec = _fs_spec(image, offset)
     with tempfile.TemporaryDirectory(prefix="fleetrig-flash-") as tmp:
         out = Path(tmp) / "out"
         said = _debugfs(spec, write=False, commands=[f"dump {_check_fs_path(path)} {out}"])
         if not out.is_file():
-            raise FlashError(f"{image}: no {path} in its file system: {said.strip().splitlines()[-1:]}")
+            raise FlashError(f"{image}: no {path} in its file system: {tail(said) or 'debugfs said nothing'}")
         return out.read_bytes()
 
 
@@ -169,7 +176,7 @@ def place_file(image: Path, data: bytes, path: str, *, partition: int | None = N
     """Write `data` as `path` (mode 0600, owner root) into the image's ext root file system."""
     path = _check_fs_path(path)
     offset = find_root_fs(image, partition)
-    spec = f"{image}?offset={offset}"
+    spec = _fs_spec(image, offset)
     parents = [str(Path(*Path(path).parts[:i])) for i in range(2, len(Path(path).parts))]
     with tempfile.TemporaryDirectory(prefix="fleetrig-flash-") as tmp:
         local = Path(tmp) / "file"
