@@ -44,10 +44,11 @@ ALLOWED: dict[str, set[str]] = {
     "harness.broker": {"harness.shared", "agent.contract"},
     "harness.platform": {"harness.shared", "harness.broker", "agent.contract"},
     "harness.client": {"harness.shared", "agent.contract"},
+    "harness.drivers": {"harness.shared"},
     "harness.cli": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",
-                    "simulators"},
+                    "simulators", "harness.drivers"},
     "harness.pytest_plugin": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",
-                              "simulators"},
+                              "simulators", "harness.drivers"},
     "simulators": {"agent"},
 }
 
