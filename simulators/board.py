@@ -126,7 +126,7 @@ class BoardEmulator:
         self._master: int | None = None
         self._slave: int | None = None
         self._listener: socket.socket | None = None
-        self._client: socket.socket | None = None
+        self._conn: socket.socket | None = None
         self.port = 0
         if tcp:
             self._listen()
@@ -149,12 +149,13 @@ class BoardEmulator:
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", self.port))
         self._listener.listen(1)
+        self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
 
     def drop_connection(self) -> None:
         """TCP mode: close the current client, as a serial server does when its adapter goes away."""
         with self._lock:
-            client, self._client = self._client, None
+            client, self._conn = self._conn, None
         if client is not None:
             with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)
@@ -173,6 +174,19 @@ class BoardEmulator:
         with self._lock:
             if self._listener is None:
                 self._listen()
+
+    def _accept_pending(self) -> socket.socket | None:
+        """A client that connected and is not accepted yet (so bytes sent right after its connect
+        reach it); None if there is none."""
+        with self._lock:
+            listener = self._listener
+            if listener is None or self._conn is not None:
+                return self._conn
+            with contextlib.suppress(OSError):
+                if select.select([listener], [], [], 0)[0]:
+                    self._conn, _ = listener.accept()
+                    self._conn.setblocking(True)
+            return self._conn
 
     def _read_line(self) -> None:
         while not self._stop.is_set():
@@ -194,7 +208,7 @@ class BoardEmulator:
                     return os.read(self._master, 4096)  # type: ignore[arg-type]
             return b""
         with self._lock:
-            client, listener = self._client, self._listener
+            client, listener = self._conn, self._listener
         sock = client or listener
         if sock is None:
             time.sleep(0.1)
@@ -204,9 +218,7 @@ class BoardEmulator:
             if not ready:
                 return b""
             if client is None:
-                conn, _ = sock.accept()
-                with self._lock:
-                    self._client = conn
+                self._accept_pending()
                 return b""
             data = client.recv(4096)
         except OSError:
@@ -218,8 +230,7 @@ class BoardEmulator:
     def send(self, data: bytes) -> None:
         """Bytes onto the line; dropped when nobody reads for WRITE_STALL_S (or no client is there)."""
         if self._tcp:
-            with self._lock:
-                client = self._client
+            client = self._conn or self._accept_pending()
             if client is not None:
                 with contextlib.suppress(OSError):
                     client.sendall(data)
