@@ -83,8 +83,8 @@ class BoardConfig:
     countdown: int = 3
     #: seconds per autoboot countdown tick (1 on U-Boot; small in tests)
     tick_s: float = 1.0
-    #: seconds between kernel noise lines in shell output; None: no noise
-    noise_interval_s: float | None = None
+    #: a kernel noise line after every this many lines of shell output; None: no noise
+    noise_every_lines: int | None = None
 
 
 def unshare_permitted() -> str | None:
@@ -112,6 +112,7 @@ class BoardEmulator:
         self._boot_thread: threading.Thread | None = None
         self._shell: PtyProcess | None = None
         self._noise = False
+        self._lines_since_noise = 0
         self.boots = 0
         self._workdir = Path(tempfile.mkdtemp(prefix="fleetrig-board-"))
         self._bindir = self._workdir / "bin"
@@ -339,7 +340,8 @@ class BoardEmulator:
     def _run(self, generation: int) -> None:
         try:
             self.boots += 1
-            self._noise = self.config.noise_interval_s is not None
+            self._noise = self.config.noise_every_lines is not None
+            self._lines_since_noise = 0
             self._drain()
             self.send(GARBAGE)
             self._uboot(generation)
@@ -417,7 +419,6 @@ class BoardEmulator:
                 raise _Off
             self._shell = shell
         pending = b""
-        last_noise = time.monotonic()
         try:
             while True:
                 self._check(generation)
@@ -446,8 +447,8 @@ class BoardEmulator:
                 if cut != -1 and CONTROL_PREFIX.startswith(data[cut:cut + len(CONTROL_PREFIX)]) \
                         and b"\x07" not in data[cut:]:
                     data, pending = data[:cut], data[cut:]
-                if self._noise and self.config.noise_interval_s is not None:
-                    data, last_noise = self._with_noise(data, last_noise)
+                if self._noise:
+                    data = self._with_noise(data)
                 self.send(data)
         finally:
             with self._lock:
@@ -455,15 +456,17 @@ class BoardEmulator:
                     self._shell = None
             shell.terminate(force=True)
 
-    def _with_noise(self, data: bytes, last_noise: float) -> tuple[bytes, float]:
-        """Kernel lines after line ends, one per noise interval."""
+    def _with_noise(self, data: bytes) -> bytes:
+        """A kernel line after every noise_every_lines line ends (counted across chunks)."""
+        every = self.config.noise_every_lines
+        assert every is not None
         out = bytearray()
         start = 0
         for match in re.finditer(rb"\n", data):
-            now = time.monotonic()
-            if now - last_noise >= self.config.noise_interval_s:  # type: ignore[operator]
+            self._lines_since_noise += 1
+            if self._lines_since_noise >= every:
                 out += data[start:match.end()] + NOISE_LINE
                 start = match.end()
-                last_noise = now
+                self._lines_since_noise = 0
         out += data[start:]
-        return bytes(out), last_noise
+        return bytes(out)
