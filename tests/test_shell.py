@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.drivers.console import Console
+from harness.drivers.console import Console, ConsoleTimeout
 from harness.drivers.shell import LoginFailed, Shell, ShellError
 from simulators.board import BoardConfig, BoardEmulator
 
@@ -109,3 +109,32 @@ def test_the_shell_is_isolated_and_reboot_power_cycles_the_board(board: BoardEmu
     assert board.boots == 2
     again = logged_in(console)
     assert again.run("pwd") == (home, 0)
+
+
+def test_a_timed_out_command_leaves_the_shell_stuck_until_login(console: Console):
+    shell = logged_in(console)
+    with pytest.raises(ConsoleTimeout, match=r"did not appear within 0\.5 s"):
+        shell.run("sleep 20", timeout=0.5)
+    with pytest.raises(ShellError, match="is stuck: a command timed out: call login"):
+        shell.run("true")
+    shell.login()
+    assert shell.run("echo back") == ("back\n", 0)
+
+
+def test_login_after_exit_pokes_a_silent_login_prompt(board: BoardEmulator, console: Console):
+    logged_in(console)
+    console.write(b"exit\n")
+    console.expect("login: ", timeout=10)
+    # the prompt is consumed: nothing more arrives until the login pokes the board with a newline
+    assert logged_in(console).run("echo again") == ("again\n", 0)
+    assert board.boots == 1
+
+
+def test_poweroff_turns_the_board_off(board: BoardEmulator, console: Console):
+    logged_in(console)
+    console.write(b"poweroff\n")
+    with pytest.raises(ConsoleTimeout):
+        console.expect("login: ", timeout=1)
+    assert not board.powered
+    board.power_on()
+    assert logged_in(console).run("echo on") == ("on\n", 0)
