@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptyprocess import PtyProcess
+from ptyprocess.ptyprocess import PtyProcessError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ SCRIPTS = {
 #: How long a write to the line may stall (nobody reading) before the bytes are dropped, as a
 #: UART with no listener loses them.
 WRITE_STALL_S = 2.0
+
+
+def _kill(shell: PtyProcess) -> None:
+    """End the shell (and with it its namespace); a shell already gone is fine."""
+    with contextlib.suppress(OSError, PtyProcessError):
+        shell.terminate(force=True)
+    with contextlib.suppress(OSError, PtyProcessError):
+        shell.close(force=True)
 
 
 class _Off(Exception):
@@ -274,7 +283,7 @@ class BoardEmulator:
             self._generation += 1
             shell, self._shell = self._shell, None
         if shell is not None:
-            shell.terminate(force=True)
+            _kill(shell)
         thread = self._boot_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
@@ -415,7 +424,7 @@ class BoardEmulator:
         shell = self._spawn_shell()
         with self._lock:
             if self._generation != generation:
-                shell.terminate(force=True)
+                _kill(shell)
                 raise _Off
             self._shell = shell
         pending = b""
@@ -454,7 +463,7 @@ class BoardEmulator:
             with self._lock:
                 if self._shell is shell:
                     self._shell = None
-            shell.terminate(force=True)
+            _kill(shell)
 
     def _with_noise(self, data: bytes) -> bytes:
         """A kernel line after every noise_every_lines line ends (counted across chunks)."""

@@ -113,7 +113,8 @@ def test_the_shell_is_isolated_and_reboot_power_cycles_the_board(board: BoardEmu
 
 def test_a_timed_out_command_leaves_the_shell_stuck_until_login(console: Console):
     shell = logged_in(console)
-    with pytest.raises(ConsoleTimeout, match=r"did not appear within 0\.5 s"):
+    expected = r"'sleep 20' on console bench-1 did not finish within 0\.5 s; last 0 bytes: b''; full log: "
+    with pytest.raises(ConsoleTimeout, match=expected):
         shell.run("sleep 20", timeout=0.5)
     with pytest.raises(ShellError, match="is stuck: a command timed out: call login"):
         shell.run("true")

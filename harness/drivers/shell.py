@@ -25,11 +25,13 @@ import secrets
 import time
 from enum import Enum
 
-from harness.drivers.console import Console, ConsoleError, ConsoleTimeout
+from harness.drivers.console import TAIL_BYTES, Console, ConsoleError, ConsoleTimeout
 
 #: A shell prompt at the end of what arrived, before the session sets its own.
 DEFAULT_PROMPT = rb"[#$] $"
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(?:\n|$)", re.MULTILINE)
+#: The longest end-marker line: marker, "E", an exit code, CRLF.
+END_MARKER_WINDOW = 64
 #: How long the login waits for a known prompt before it pokes the board with a newline.
 POKE_S = 2.0
 
@@ -94,11 +96,8 @@ class Shell:
                 match = console.expect(alternatives, timeout=min(POKE_S, deadline.left()))
             except ConsoleTimeout:
                 if deadline.left() <= 0:
-                    raise ConsoleTimeout(
-                        f"login as {self.user!r} on console {self.console.name}: no shell within "
-                        f"{self.login_timeout:g} s; last bytes: {bytes(console.buffer[-300:])!r}; "
-                        f"full log: {console.log_files[0]}", pattern=alternatives,
-                        tail=bytes(console.buffer[-300:])) from None
+                    raise self._timeout(f"login as {self.user!r}", "gave no shell", self.login_timeout,
+                                        alternatives) from None
                 console.write(b"\n")
                 continue
             kind = match.lastgroup
@@ -121,24 +120,33 @@ class Shell:
         if self.quiet_kernel:
             self.kernel_quiet = self.run("dmesg -n 1 2>/dev/null", timeout=10)[1] == 0
 
+    def _timeout(self, what: str, failed: str, seconds: float, pattern: re.Pattern[bytes]) -> ConsoleTimeout:
+        tail = bytes(self.console.buffer[-TAIL_BYTES:])
+        return ConsoleTimeout(f"{what} on console {self.console.name} {failed} within {seconds:g} s; "
+                              f"last {len(tail)} bytes: {tail!r}; full log: {self.console.log_files[0]}",
+                              pattern=pattern, tail=tail)
+
     def run(self, cmd: str, timeout: float = 30.0) -> tuple[str, int]:
         """The command's output (stdout and stderr, as printed, LF line ends) and its exit code."""
         self._require_ready()
         marker = secrets.token_hex(5)
         typed = f"'{marker[:4]}''{marker[4:]}"
         self.console.write(f"echo {typed}S'; {cmd}; echo {typed}E' $?\n".encode())
-        framed = re.compile(re.escape(f"{marker}S\r\n".encode()) + rb"(.*?)"
-                            + re.escape(f"{marker}E ".encode()) + rb"(\d+)\r\n", re.DOTALL)
+        deadline = _Deadline(timeout)
+        end = re.compile(re.escape(f"{marker}E ".encode()) + rb"(\d+)\r\n")
         try:
-            match = self.console.expect(framed, timeout=timeout)
+            self.console.expect(re.escape(f"{marker}S\r\n".encode()), timeout=timeout)
+            match = self.console.expect(end, timeout=deadline.left(), window=END_MARKER_WINDOW)
             self.console.expect(re.escape(self._prompt.encode()), timeout=10)
-        except ConsoleTimeout:
+        except ConsoleTimeout as e:
             self.state = ShellState.STUCK
-            raise
-        output = match.group(1).replace(b"\r\n", b"\n").decode(errors="backslashreplace")
+            shown = cmd if len(cmd) <= 200 else cmd[:200] + "..."
+            raise self._timeout(repr(shown), "did not finish", timeout, e.pattern) from None
+        printed = match.string[:match.start()]
+        output = printed.replace(b"\r\n", b"\n").decode(errors="backslashreplace")
         if not self.kernel_quiet:
             output = KERNEL_LINE.sub("", output)
-        return output, int(match.group(2))
+        return output, int(match.group(1))
 
 
 class _Deadline:
