@@ -139,3 +139,13 @@ def test_poweroff_turns_the_board_off(board: BoardEmulator, console: Console):
     assert not board.powered
     board.power_on()
     assert logged_in(console).run("echo on") == ("on\n", 0)
+
+
+def test_a_board_that_stays_silent_times_the_login_out_naming_the_user(tmp_path: Path):
+    with BoardEmulator(NOISY) as board, Console(board.url, log_path=tmp_path / "bench-2") as console:
+        shell = Shell(console, "root", "s3cret", login_timeout=1)
+        with pytest.raises(ConsoleTimeout, match=r"login as 'root' on console bench-2 gave no shell within 1 s"):
+            shell.login()
+        assert shell.state.value == "logged out"
+        # the login poked the powered-off board: the newline went out, nothing came back
+        assert console.log_files[1].read_bytes() == b""
