@@ -46,11 +46,10 @@ ALLOWED: dict[str, set[str]] = {
     "harness.client": {"harness.shared", "agent.contract"},
     "harness.drivers": {"harness.shared"},
     "harness.cli": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",
-                    "simulators", "harness.drivers"},
+                    "simulators", "harness.drivers", "harness.lab"},
     "harness.pytest_plugin": {"harness.shared", "harness.platform", "harness.broker", "harness.client", "agent",
-                              "simulators", "harness.drivers"},
+                              "simulators", "harness.drivers", "harness.lab"},
     "simulators": {"agent"},
-    "harness.drivers": {"harness.shared"},
     "harness.lab": {"harness.shared", "harness.drivers", "agent"},
 }
 
