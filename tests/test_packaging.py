@@ -29,7 +29,7 @@ def test_everything_else_is_an_extra_and_the_pins_are_exact():
     assert {"platform", "hil", "load", "web", "dev"} <= set(extras)
     platform = {_name(r) for r in extras["platform"]}
     assert {"amqtt", "fastapi", "uvicorn", "sqlalchemy", "alembic", "httpx", "typer", "rich", "faker"} <= platform
-    assert {"pyserial", "pexpect", "qemu.qmp", "pyyaml"} == {_name(r) for r in extras["hil"]}
+    assert {"pyserial", "pexpect", "ptyprocess", "qemu.qmp", "pyyaml"} == {_name(r) for r in extras["hil"]}
     assert "amqtt==0.12.1" in extras["platform"]
     assert {r for r in PROJECT["dependencies"] if _name(r) in ("aiomqtt", "paho-mqtt")} == {
         "aiomqtt==2.5.1", "paho-mqtt==2.2.0"}
