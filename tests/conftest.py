@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -67,6 +68,13 @@ async def connect_refused(client: aiomqtt.Client) -> str:
         async with client:
             await asyncio.sleep(0)
     return str(info.value)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on once this returns (bound, read back, closed)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):

@@ -13,7 +13,8 @@ import pytest
 from harness.errors import Refused
 from harness.platform import migrations
 from harness.platform.db import Registry, database_url
-from harness.platform.process import Platform, PlatformConfig, free_port
+from harness.platform.process import Platform, PlatformConfig
+from tests.conftest import free_port
 from tests.registry_rows import fill_first_schema, schema_differences, start_and_check_upgrade
 from tests.serve_process import FREE_PORTS, serve_refused
 

@@ -20,8 +20,8 @@ import pytest
 from agent.env import parse_agent_env
 from harness.client import Client
 from harness.platform.db import database_url
-from harness.platform.process import PlatformConfig, PlatformThread, free_port
-from tests.conftest import boot
+from harness.platform.process import PlatformConfig, PlatformThread
+from tests.conftest import boot, free_port
 from tests.registry_rows import fill_first_schema, start_and_check_upgrade
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import stat
 import subprocess
 
@@ -14,7 +13,7 @@ from agent.env import parse_agent_env
 from harness.client.files import check_output_dir, write_agent_envs
 from harness.errors import Refused
 from harness.platform.identities import digest
-from tests.conftest import boot, connect_refused, mqtt_client, provision, table_dump
+from tests.conftest import boot, connect_refused, free_port, mqtt_client, provision, table_dump
 from tests.serve_process import FLEETRIG
 
 
@@ -222,9 +221,7 @@ def test_bulk_reissue_refuses_per_serial_and_a_dry_run_changes_nothing(fleetrig_
 
 
 def test_provisioning_that_loses_the_platform_says_how_to_recover(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     done = subprocess.run(
         [*FLEETRIG, "--api", f"http://127.0.0.1:{port}", "--token", "t", "pms", "provisioning", "provision", "X-1",
          "--customer", "ACME", "--part", "evk", "--output-dir", str(tmp_path / "out")],

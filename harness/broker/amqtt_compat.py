@@ -604,11 +604,6 @@ class CompatBroker(Broker):
 
     # -- subscriptions --------------------------------------------------------------------------
 
-    def is_current(self, session: Session) -> bool:
-        """True if `session` is the one the broker holds for its client id (not a replaced one)."""
-        entry = self._sessions.get(session.client_id or "")
-        return entry is not None and entry[0] is session
-
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         result = await super().add_subscription(subscription, session)
         if result != 0x80 and session.client_id:

@@ -50,12 +50,6 @@ DEFAULT_MQTTS_PORT = 8883
 DEFAULT_REPO_PORT = 8443
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class PlatformConfig:
     data_dir: Path
